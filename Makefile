@@ -1,0 +1,48 @@
+# Transfer Learning, Hands-On: every command a student, instructor or reader needs.
+# `make book` and `make test` set everything up themselves on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Notebooks and the book are executed offline: never wait on the Hugging Face hub.
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help venv test test-fast book bench lab pretrain clean
+
+help:
+	@echo "make book      set up, execute every lesson, build the book to _build/html"
+	@echo "make test      the whole test suite"
+	@echo "make lab       JupyterLab on the student lessons"
+	@echo "make bench     benchmarks: world speed, source-model accuracy, feature caching"
+	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements/constraints.txt pyproject.toml tools/install_torchvision_fix.py tools/course_torchvision_fix.py
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: a resolver that sees an unpinned torch pulls CUDA builds.
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt torch
+	$(BIN)/python -m pip install --quiet -c requirements/constraints.txt -e ".[course,dev]"
+	$(BIN)/python tools/install_torchvision_fix.py
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+book: venv
+	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
+	@echo "open _build/html/index.html"
+
+bench: venv
+	$(BIN)/python -m course_lib.bench
+
+lab: venv
+	$(BIN)/jupyter lab lessons
+
+pretrain: venv
+	$(BIN)/python -m course_lib.pretrain --out pretrained
+
+clean:
+	rm -rf _build .pytest_cache

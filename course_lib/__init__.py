@@ -1,0 +1,18 @@
+"""course_lib: the shared library of *Transfer Learning, Hands-On*.
+
+Every notebook starts with ``cfg = course_lib.setup()``. The modules, one idea each:
+
+- :mod:`course_lib.config`   profiles, seeding, device choice, folders (``setup``)
+- :mod:`course_lib.world`    the course's procedural image world (offline datasets)
+- :mod:`course_lib.data`     loaders for real torchvision datasets (``real`` profile)
+- :mod:`course_lib.models`   the course's source model and real backbones (``load_backbone``)
+- :mod:`course_lib.training` ``fit`` / ``evaluate`` and checkpoint-or-train
+- :mod:`course_lib.features` batched feature extraction with an on-disk cache
+- :mod:`course_lib.plots`    image grids, curves, confusion matrices, embeddings
+- :mod:`course_lib.checks`   assertions with helpful messages for exercises
+"""
+
+from course_lib.config import CourseConfig, setup
+
+__all__ = ["CourseConfig", "setup"]
+__version__ = "0.1.0"

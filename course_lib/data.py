@@ -1,0 +1,232 @@
+"""Real torchvision datasets for the ``real`` profile, with errors that say where the files go.
+
+The offline profiles (``smoke``, ``standard``) use the course's own image world and need none of
+this. The ``real`` profile loads MNIST, USPS, SVHN, CIFAR-10/100 or Omniglot through
+:func:`load_real_dataset`, resizes them for ImageNet backbones with :func:`imagenet_transform`
+(19.2 feature extraction, 19.3 fine-tuning), and takes balanced few-shot subsets with
+:func:`subset_per_class` (19.5). MNIST -> USPS and SVHN -> MNIST are the classic domain shifts of
+19.4.
+
+All datasets live under one data folder (``COURSE_DATA_DIR``, see
+:func:`course_lib.config.default_data_dir`). USPS and SVHN keep their files in subfolders ``usps/``
+and ``svhn/`` of it (torchvision would otherwise put them loose in the folder); the others use
+torchvision's own subfolders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
+
+REAL_DATASETS = ("mnist", "usps", "svhn", "cifar10", "cifar100", "omniglot")
+
+# The statistics the ImageNet-pretrained torchvision and timm backbones were trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _dataset_folder(name: str, root: Path) -> Path:
+    """The folder torchvision reads ``name`` from, given the course's data folder ``root``."""
+    return {
+        "mnist": root / "MNIST" / "raw",
+        "usps": root / "usps",
+        "svhn": root / "svhn",
+        "cifar10": root / "cifar-10-batches-py",
+        "cifar100": root / "cifar-100-python",
+        "omniglot": root / "omniglot-py",
+    }[name]
+
+
+def _expected_files(name: str, train: bool) -> list[str]:
+    """The files torchvision checks for in :func:`_dataset_folder` (names as torchvision spells them)."""
+    if name == "mnist":  # torchvision checks all four files whichever split is asked for
+        return ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    if name == "usps":
+        return ["usps.bz2" if train else "usps.t.bz2"]
+    if name == "svhn":
+        return ["train_32x32.mat" if train else "test_32x32.mat"]
+    if name == "cifar10":
+        batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+        return batches + ["batches.meta"]
+    if name == "cifar100":
+        return ["train" if train else "test", "meta"]
+    # Omniglot checks the zip's checksum and then reads the unpacked folder next to it.
+    split = "images_background" if train else "images_evaluation"
+    return [f"{split}.zip", split]
+
+
+def _missing_data_message(name: str, root: Path, train: bool, problem: str) -> str:
+    folder = _dataset_folder(name, root)
+    files = ", ".join(_expected_files(name, train))
+    split = "train" if train else "test"
+    return (
+        f"{problem}\n"
+        f"The {name} {split} split is read from the folder {folder} and needs: {files}.\n"
+        "To fix this, either\n"
+        f"  - call load_real_dataset({name!r}, download=True) on a machine with internet access, or\n"
+        f"  - copy the files into {folder}, or\n"
+        "  - set the COURSE_DATA_DIR environment variable (or pass root=...) to the folder that already holds them.\n"
+        "The offline profiles (COURSE_PROFILE=standard or smoke) use the course's own image world and need no data."
+    )
+
+
+def _build_torchvision_dataset(name: str, root: Path, train: bool, transform: Callable | None, download: bool) -> Dataset:
+    import torchvision.datasets as tv  # imported here: torchvision is slow to import and only this needs it
+
+    split = "train" if train else "test"
+    if name == "mnist":
+        return tv.MNIST(root, train=train, transform=transform, download=download)
+    if name == "usps":
+        return tv.USPS(root / "usps", train=train, transform=transform, download=download)
+    if name == "svhn":
+        return tv.SVHN(root / "svhn", split=split, transform=transform, download=download)
+    if name == "cifar10":
+        return tv.CIFAR10(root, train=train, transform=transform, download=download)
+    if name == "cifar100":
+        return tv.CIFAR100(root, train=train, transform=transform, download=download)
+    return tv.Omniglot(root, background=train, transform=transform, download=download)
+
+
+def load_real_dataset(
+    name: str,
+    *,
+    root: str | Path | None = None,
+    train: bool = True,
+    transform: Callable | None = None,
+    download: bool = False,
+) -> Dataset:
+    """Load one of :data:`REAL_DATASETS` with torchvision (the ``real`` profile of every chapter).
+
+    ``root`` defaults to :func:`course_lib.config.default_data_dir`. ``train`` picks the training
+    or test split (for Omniglot: the "background" or "evaluation" alphabets, as used in 19.5).
+    Missing or corrupted files raise :class:`FileNotFoundError` saying which files go where; with
+    ``download=True`` torchvision fetches them first (this needs internet access).
+    """
+    from course_lib.config import default_data_dir
+
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string such as 'mnist', got {type(name).__name__}.")
+    key = name.lower()
+    if key not in REAL_DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}: use one of {', '.join(REAL_DATASETS)}.")
+    root = Path(root).expanduser() if root is not None else default_data_dir()
+    folder = _dataset_folder(key, root)
+
+    missing = [f for f in _expected_files(key, train) if not (folder / f).exists()]
+    if missing and not download:
+        problem = f"The {key} dataset was not found: missing {', '.join(missing)} in {folder}."
+        raise FileNotFoundError(_missing_data_message(key, root, train, problem))
+    try:
+        return _build_torchvision_dataset(key, root, train, transform, download)
+    except (RuntimeError, OSError, EOFError) as error:
+        # torchvision reports missing or corrupted files as RuntimeError("Dataset not found ..."),
+        # a failed download as URLError/RuntimeError, and USPS a broken archive as OSError/EOFError.
+        if download:
+            problem = f"Downloading {key} failed ({type(error).__name__}: {error}); is there internet access?"
+        else:
+            problem = (
+                f"The {key} files in {folder} are there but could not be read ({type(error).__name__}: {error}); "
+                "they are probably incomplete or corrupted: delete them and get them again."
+            )
+        raise FileNotFoundError(_missing_data_message(key, root, train, problem)) from error
+
+
+class ToRGB:
+    """Convert a PIL image (grayscale, palette, RGBA...) to 3-channel RGB; RGB images pass unchanged.
+
+    ImageNet backbones expect three channels, but MNIST, USPS and Omniglot are grayscale.
+    (A class rather than a lambda so that DataLoader worker processes can pickle it.)
+    """
+
+    def __call__(self, image):
+        if not hasattr(image, "convert"):
+            raise TypeError(
+                f"ToRGB expects a PIL image, got {type(image).__name__}: put it before ToTensor() in the transform."
+            )
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    def __repr__(self) -> str:
+        return "ToRGB()"
+
+
+def imagenet_transform(image_size: int = 224, *, train: bool = False):
+    """Preprocessing for ImageNet-pretrained backbones: 3 channels, ``image_size`` pixels, normalised.
+
+    Evaluation (``train=False``): resize the short side to ``image_size * 256/224``, centre-crop.
+    Training (``train=True``): random resized crop and horizontal flip, the standard augmentation
+    for fine-tuning (19.3). Both end with ToTensor and Normalize(IMAGENET_MEAN, IMAGENET_STD).
+    """
+    from torchvision import transforms
+
+    if not isinstance(image_size, int) or isinstance(image_size, bool) or image_size < 8:
+        raise ValueError(f"image_size must be an int of at least 8 pixels (e.g. 224), got {image_size!r}.")
+    if train:
+        resize = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        resize = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
+    return transforms.Compose(
+        [ToRGB(), *resize, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def dataset_targets(dataset: Dataset) -> torch.Tensor:
+    """The class labels of ``dataset`` as a 1-D ``torch.long`` tensor, without loading images where possible.
+
+    Reads the label attribute torchvision datasets keep (``targets``, SVHN's ``labels``, Omniglot's
+    character list) and follows :class:`~torch.utils.data.Subset` and ConcatDataset. Other datasets
+    are read item by item, which loads every image (slow, but correct).
+    """
+    if isinstance(dataset, Subset):
+        return dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, ConcatDataset):
+        return torch.cat([dataset_targets(part) for part in dataset.datasets])
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) >= 2:
+        return torch.as_tensor(dataset.tensors[1]).long()
+    for attribute in ("targets", "labels"):
+        labels = getattr(dataset, attribute, None)
+        if labels is not None:
+            return torch.as_tensor(labels).long().flatten()
+    if hasattr(dataset, "_flat_character_images"):  # torchvision's Omniglot: (file name, class) pairs
+        return torch.tensor([label for _, label in dataset._flat_character_images], dtype=torch.long)
+    if not hasattr(dataset, "__len__"):
+        raise TypeError(f"dataset_targets needs a dataset with a length, got {type(dataset).__name__}.")
+    labels = []
+    for index in range(len(dataset)):
+        item = dataset[index]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise TypeError(
+                f"dataset_targets expects items of the form (image, label), but item {index} of "
+                f"{type(dataset).__name__} is a {type(item).__name__}."
+            )
+        labels.append(int(item[1]))
+    return torch.tensor(labels, dtype=torch.long)
+
+
+def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Subset:
+    """A class-balanced :class:`~torch.utils.data.Subset`: ``n_per_class`` random examples of every class.
+
+    Used for the data-efficiency curves of 19.2/19.3 and the few-shot tasks of 19.5. The same
+    ``seed`` always picks the same examples. Raises ValueError if some class has too few examples.
+    """
+    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
+        raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}.")
+    targets = dataset_targets(dataset)
+    classes, counts = torch.unique(targets, return_counts=True)
+    too_small = [(int(c), int(n)) for c, n in zip(classes, counts) if n < n_per_class]
+    if too_small:
+        listed = ", ".join(f"class {c} has {n}" for c, n in too_small[:5])
+        raise ValueError(
+            f"Cannot take {n_per_class} examples per class: {listed}"
+            f"{' ...' if len(too_small) > 5 else ''}. "
+            f"Use n_per_class <= {int(counts.min())} (the size of the smallest class)."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in classes:
+        indices = torch.nonzero(targets == c).flatten()
+        chosen.append(indices[torch.randperm(len(indices), generator=generator)[:n_per_class]])
+    # Sorted so that the subset reads the underlying files in order (faster on disk).
+    return Subset(dataset, torch.cat(chosen).sort().values.tolist())

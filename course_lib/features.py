@@ -1,0 +1,393 @@
+"""Feature extraction: run a (frozen) network over a dataset and keep what a layer computes.
+
+Chapter 19.1 probes what each stage of a network represents, 19.2 trains linear heads on frozen
+features, later chapters compare features across domains and tasks. All of them call::
+
+    features, labels = extract_features(backbone, dataset, layer="stage3", cache=FeatureCache())
+
+``features`` is a float32 ``(N, D)`` tensor on the CPU (``pool="none"`` keeps ``(N, C, H, W)``),
+``labels`` int64 ``(N,)``. Extraction never changes the model: no parameter, no BatchNorm
+statistic, no ``requires_grad`` flag, and every layer ends in the train/eval mode it started in.
+
+The cache stores each result in a file named after a hash of *everything the features depend on*:
+the model's weights, the layer, the pooling, the data (its ``fingerprint``) and its transform.
+Change any of them and the key changes, so a stale result is never returned.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset, TensorDataset
+from tqdm.auto import tqdm
+
+from course_lib.config import default_cache_dir
+from course_lib.training import eval_mode, model_device
+
+__all__ = [
+    "POOLS",
+    "FeatureCache",
+    "data_fingerprint",
+    "extract_features",
+    "feature_loader",
+    "features_dataset",
+    "layer_names",
+    "weights_fingerprint",
+]
+
+POOLS = ("avg", "flatten", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layer: str | None = None,
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    pool: str = "avg",
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features, labels)`` of every sample of ``data``, computed by ``model`` in eval mode.
+
+    - ``data``: a Dataset yielding ``(image, label)`` (batched here with ``batch_size``) or a
+      DataLoader (used as it is).
+    - ``layer``: a name from :func:`layer_names` whose output is captured with a forward hook;
+      None means the model's output.
+    - ``pool``: ``"avg"`` averages a 4-D activation over its positions to ``(N, C)`` (a 3-D token
+      sequence ``(N, T, D)`` over its tokens), ``"flatten"`` gives ``(N, C*H*W)``, ``"none"`` keeps
+      the activation's shape.
+    - ``device``: default the model's device. ``cache``: a :class:`FeatureCache` to reuse
+      results across runs (``progress`` also prints whether it was a hit).
+
+    Returns float32 features and int64 labels, both on the CPU.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"Unknown pool {pool!r}: use one of {POOLS}.")
+    device = model_device(model, device)
+    module = _find_layer(model, layer)
+    loader = _as_loader(data, batch_size, device)
+    if cache is None:
+        return _run_extraction(model, module, loader, pool, device, progress)
+
+    key = cache.key(model, layer, data, pool)
+    cached = cache.load(key)
+    if cached is not None:
+        if progress:
+            print(f"Features loaded from the cache: {cache.path(key)}")
+        return cached
+    features, labels = _run_extraction(model, module, loader, pool, device, progress)
+    path = cache.save(key, features, labels)
+    if progress:
+        print(f"Features computed and cached in {path}")
+    return features, labels
+
+
+def _run_extraction(
+    model: nn.Module, module: nn.Module | None, loader: DataLoader, pool: str, device: torch.device, progress: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loop: one forward pass per batch, the hooked layer's (or the model's) output pooled."""
+    captured: list[torch.Tensor] = []
+
+    def keep_output(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        # Copy now: a later in-place layer (ReLU(inplace=True)) would otherwise overwrite it.
+        captured.append(_pool(output, pool).to("cpu", torch.float32, copy=True))
+
+    hook = module.register_forward_hook(keep_output) if module is not None else None
+    all_features, all_labels = [], []
+    try:
+        with eval_mode(model):
+            for batch in tqdm(loader, desc="extracting features", leave=False, disable=not progress):
+                images, labels = _split_batch(batch)
+                captured.clear()
+                output = model(images.to(device, non_blocking=device.type == "cuda"))
+                if module is None:
+                    all_features.append(_pool(output, pool).to("cpu", torch.float32, copy=True))
+                elif len(captured) != 1:
+                    raise RuntimeError(
+                        f"The layer ran {len(captured)} times in one forward pass; pick a layer that runs "
+                        "exactly once (a shared module called twice has no single output)."
+                    )
+                else:
+                    all_features.append(captured[0])
+                all_labels.append(labels)
+    finally:
+        if hook is not None:
+            hook.remove()  # a forgotten hook would keep capturing in every later forward pass
+    if not all_features:
+        raise ValueError("The data is empty: there is nothing to extract features from.")
+    return torch.cat(all_features), torch.cat(all_labels)
+
+
+def _pool(activation: Any, pool: str) -> torch.Tensor:
+    if not isinstance(activation, torch.Tensor):
+        raise TypeError(
+            f"The layer returned a {type(activation).__name__}, not a tensor; choose a layer whose "
+            "output is a single tensor (see layer_names(model))."
+        )
+    activation = activation.detach()
+    if pool == "none":
+        return activation
+    if pool == "flatten":
+        return activation.flatten(start_dim=1)
+    if activation.ndim == 4:  # (N, C, H, W): average over positions
+        return activation.mean(dim=(2, 3))
+    if activation.ndim == 3:  # (N, tokens, D), as in vision transformers: average over tokens
+        return activation.mean(dim=1)
+    if activation.ndim == 2:  # already one vector per sample
+        return activation
+    raise ValueError(f"pool='avg' needs a 2-, 3- or 4-D activation, got shape {tuple(activation.shape)}.")
+
+
+def _split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not isinstance(batch[0], torch.Tensor):
+        raise TypeError(
+            f"Each item of the data must be (image, label) with an image tensor, got a {type(batch).__name__}. "
+            "Use a dataset whose __getitem__ returns (image_tensor, label)."
+        )
+    images, labels = batch
+    labels = torch.as_tensor(labels)
+    if labels.is_floating_point() or labels.dtype == torch.bool or labels.ndim != 1:
+        raise TypeError(
+            f"Labels must be integer class indices, one per image, got {labels.dtype} shaped {tuple(labels.shape)}. "
+            "Return int labels from the dataset (e.g. int(label))."
+        )
+    if len(labels) != len(images):
+        raise ValueError(f"A batch has {len(images)} images but {len(labels)} labels.")
+    return images, labels.to("cpu", torch.int64)
+
+
+def _find_layer(model: nn.Module, layer: str | None) -> nn.Module | None:
+    if layer is None:
+        return None
+    modules = dict(model.named_modules())
+    if not isinstance(layer, str) or layer not in modules or layer == "":
+        names = layer_names(model)
+        close = difflib.get_close_matches(str(layer), names, n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(
+            f"The model has no layer {layer!r}.{hint} Valid names include {names[:8]}"
+            f"{' ...' if len(names) > 8 else ''} (all of them: layer_names(model)); layer=None means the output."
+        )
+    return modules[layer]
+
+
+def _as_loader(data: Dataset | DataLoader, batch_size: int, device: torch.device) -> DataLoader:
+    if isinstance(data, DataLoader):
+        return data
+    if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+        raise TypeError(
+            f"data must be a torch Dataset (with __len__) or a DataLoader, got {type(data).__name__}. "
+            "Wrap tensors with torch.utils.data.TensorDataset(images, labels)."
+        )
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    return DataLoader(data, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of all the model's layers (submodules), usable as ``layer`` in :func:`extract_features`."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    return [name for name, _ in model.named_modules() if name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: what the cached features depend on
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hex SHA-256 of the model's state_dict: every tensor's name, dtype, shape and bytes.
+
+    Any change of a weight or a buffer (e.g. BatchNorm statistics) changes the fingerprint.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    hasher = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        _hash_tensor(hasher, tensor, label=name)
+    return hasher.hexdigest()[:16]
+
+
+def _hash_tensor(hasher: Any, tensor: torch.Tensor, label: str = "") -> None:
+    tensor = tensor.detach().cpu().contiguous()
+    hasher.update(f"{label}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    # Viewing as bytes works for every dtype, bfloat16 included (which NumPy does not know).
+    hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+
+
+def data_fingerprint(data: Dataset | DataLoader, transform_desc: str | None = None) -> str:
+    """A string that changes whenever the samples that ``data`` yields (or their order) change.
+
+    - A dataset with a ``fingerprint`` string attribute (the course's ShapeWorld has one): that
+      string plus a description of its ``transform``.
+    - A ``TensorDataset``: a hash of its tensors. A ``Subset``: its dataset's fingerprint plus the indices.
+    - A DataLoader: its dataset's fingerprint; it must read the data in order (no shuffling).
+
+    Anything else cannot be fingerprinted reliably, so this raises an error instead of guessing:
+    give the dataset a ``fingerprint`` attribute, or extract without a cache. ``transform_desc``
+    replaces the description of the transform (for transforms whose repr is not stable).
+    """
+    if isinstance(data, DataLoader):
+        if not isinstance(data.sampler, SequentialSampler):
+            raise ValueError(
+                "Cannot cache features of a DataLoader that shuffles or samples: the cached order would not "
+                "match. Use shuffle=False, pass the dataset itself, or pass cache=None."
+            )
+        return f"loader(drop_last={data.drop_last})/" + data_fingerprint(data.dataset, transform_desc)
+    if isinstance(data, TensorDataset):
+        hasher = hashlib.sha256()
+        for tensor in data.tensors:
+            _hash_tensor(hasher, tensor)
+        return "tensors:" + hasher.hexdigest()[:16]
+    if isinstance(data, Subset):
+        indices = hashlib.sha256(json.dumps([int(i) for i in data.indices]).encode()).hexdigest()[:16]
+        return f"subset:{indices}/" + data_fingerprint(data.dataset, transform_desc)
+    fingerprint = getattr(data, "fingerprint", None)
+    if isinstance(fingerprint, str) and fingerprint:
+        return f"{fingerprint}/transform={transform_desc or _describe_transform(data)}"
+    raise ValueError(
+        f"Cannot cache features of a {type(data).__name__}: it has no `fingerprint` to tell its contents apart. "
+        "Give it a `fingerprint` string attribute that changes whenever its data changes, wrap tensors in a "
+        "TensorDataset, or pass cache=None."
+    )
+
+
+def _describe_transform(dataset: Dataset) -> str:
+    parts = [repr(getattr(dataset, name, None)) for name in ("transform", "target_transform")]
+    description = "; ".join(parts)
+    if " at 0x" in description:
+        # A lambda or plain object prints its memory address, which differs every session.
+        raise ValueError(
+            f"Cannot cache features: the dataset's transform has no stable description ({description}). "
+            "Use torchvision transforms (whose repr lists their settings), give your transform a __repr__, "
+            "or pass cache=None."
+        )
+    return description
+
+
+# ---------------------------------------------------------------------------------------------
+# The on-disk cache
+
+
+class FeatureCache:
+    """Extracted features on disk, one file per key, in ``folder``.
+
+    Default folder: ``course_lib.config.default_cache_dir() / "features"`` (``COURSE_CACHE_DIR``).
+    Files are written atomically (a temporary file, then a rename) and read with
+    ``torch.load(weights_only=True)``; a corrupted file gives a warning and is recomputed.
+    """
+
+    def __init__(self, folder: str | Path | None = None):
+        self.folder = Path(folder) if folder is not None else default_cache_dir() / "features"
+
+    def key(self, model: nn.Module, layer: str | None, data: Dataset | DataLoader, pool: str,
+            transform_desc: str | None = None) -> str:
+        """A hash of everything the features depend on: model weights, layer, pooling, data.
+
+        ``transform_desc`` replaces the description of the data's transform (its repr) when that
+        repr is not stable across sessions (a lambda); see :func:`data_fingerprint`.
+        """
+        parts = {
+            "model": type(model).__qualname__,
+            "weights": weights_fingerprint(model),
+            "layer": layer,
+            "pool": pool,
+            "data": data_fingerprint(data, transform_desc),
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
+
+    def path(self, key: str) -> Path:
+        """The file that holds (or will hold) the features of ``key``."""
+        return self.folder / f"{key}.pt"
+
+    def load(self, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(features, labels)`` stored under ``key``; None if there are none (or the file is corrupted)."""
+        path = self.path(key)
+        if not path.exists():
+            return None
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            return _check_stored(stored, key)
+        except Exception as error:
+            warnings.warn(
+                f"The feature cache file {path} is corrupted or unreadable ({error}); "
+                "recomputing the features and overwriting it.",
+                stacklevel=2,
+            )
+            return None
+
+    def save(self, key: str, features: torch.Tensor, labels: torch.Tensor) -> Path:
+        """Store ``(features, labels)`` under ``key`` atomically; returns the file."""
+        features_dataset(features, labels)  # the same checks: matching lengths, right dtypes
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.path(key)
+        handle, temp_name = tempfile.mkstemp(dir=self.folder, prefix=path.name, suffix=".tmp")
+        os.close(handle)
+        try:
+            torch.save({"key": key, "features": features.contiguous(), "labels": labels.contiguous()}, temp_name)
+            os.replace(temp_name, path)  # readers see the old file or the complete new one
+        finally:
+            if os.path.exists(temp_name):
+                os.remove(temp_name)
+        return path
+
+    def __repr__(self) -> str:
+        return f"FeatureCache({str(self.folder)!r})"
+
+
+def _check_stored(stored: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        raise ValueError("not a feature file written for this key")
+    features, labels = stored.get("features"), stored.get("labels")
+    if not isinstance(features, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise ValueError("features or labels missing")
+    if features.dtype != torch.float32 or labels.dtype != torch.int64 or labels.ndim != 1 or len(features) != len(labels):
+        raise ValueError("features or labels have the wrong dtype or shape")
+    return features, labels
+
+
+# ---------------------------------------------------------------------------------------------
+# Training on features (19.2: a linear head on frozen features)
+
+
+def features_dataset(features: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
+    """A TensorDataset of ``(feature, label)`` pairs, checked: float features, int64 labels, same length."""
+    if not isinstance(features, torch.Tensor) or not features.is_floating_point() or features.ndim < 2:
+        raise TypeError(
+            "features must be a float tensor shaped (N, D) (or (N, C, H, W)), got "
+            f"{type(features).__name__ if not isinstance(features, torch.Tensor) else (features.dtype, tuple(features.shape))}."
+        )
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(
+            "labels must be an int64 tensor shaped (N,), got "
+            f"{type(labels).__name__ if not isinstance(labels, torch.Tensor) else (labels.dtype, tuple(labels.shape))}. "
+            "Convert with labels.long()."
+        )
+    if len(features) != len(labels):
+        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels: they must match one to one.")
+    return TensorDataset(features, labels)
+
+
+def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int = 256, shuffle: bool = True,
+                   seed: int = 0) -> DataLoader:
+    """A DataLoader over features and labels for :func:`course_lib.training.fit`; shuffling is seeded."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(features_dataset(features, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)

@@ -1,0 +1,303 @@
+"""The course's source model and the real ImageNet backbones, behind one loader.
+
+``load_backbone("course-resnet")`` gives the small ResNet the course pretrained on its own shape
+world (weights ship with the library, so no lesson waits for pretraining). ``load_backbone(
+"resnet18")`` gives torchvision's ImageNet ResNet-18 and ``load_backbone("timm:resnet18.a1_in1k")``
+a timm model, both from the caches those libraries use. A lesson switches between them by profile,
+not by rewriting code: every backbone answers to :func:`stage_names`, :func:`get_head` and
+:func:`replace_head`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+COURSE_RESNET_WEIGHTS = WEIGHTS_DIR / "course_resnet.safetensors"
+COURSE_RESNET_RECIPE = WEIGHTS_DIR / "course_resnet.json"
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut: the residual block of ResNet-18 (He et al., 2016)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            # A 1x1 convolution matches the shape so that the input can be added to the output.
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class CourseResNet(nn.Module):
+    """A small ResNet for 64x64 images: a stem, four residual stages, a pooled linear head.
+
+    The stem halves the resolution (64 -> 32) and stages 2-4 halve it again (32 -> 16 -> 8 -> 4)
+    while the channels double, as in ResNet-18, but with one block per stage and 16-128 channels
+    so that it trains and runs quickly on a laptop CPU.
+
+    The stages are attributes named ``stem``, ``stage1`` ... ``stage4`` so that lessons can probe
+    (19.1), freeze (19.2) and unfreeze (19.3) them by name. ``forward_features`` returns the
+    pooled feature vector that the ``head`` classifies.
+    """
+
+    def __init__(self, num_classes: int = 24, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        super().__init__()
+        if len(widths) != 4 or any(w < 1 for w in widths):
+            raise ValueError(f"widths must be four positive channel counts, got {widths!r}.")
+        self.widths = tuple(widths)
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, widths[0], 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        self.stage1 = BasicBlock(widths[0], widths[0], stride=1)
+        self.stage2 = BasicBlock(widths[0], widths[1], stride=2)
+        self.stage3 = BasicBlock(widths[1], widths[2], stride=2)
+        self.stage4 = BasicBlock(widths[2], widths[3], stride=2)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(widths[3], num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """Length of the feature vector that the head receives."""
+        return self.widths[-1]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(
+                f"CourseResNet expects a batch of RGB images shaped (N, 3, H, W), got {tuple(x.shape)}. "
+                "Add a batch dimension with x.unsqueeze(0), or repeat a grayscale channel 3 times."
+            )
+        for stage in (self.stem, self.stage1, self.stage2, self.stage3, self.stage4):
+            x = stage(x)
+        return self.pool(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# One vocabulary for every backbone
+
+
+def stage_names(model: nn.Module) -> list[str]:
+    """Names (for ``model.get_submodule``) of the backbone's stages, from input to output.
+
+    ``["stem", "stage1", ..., "stage4"]`` for the course model and ``["layer1", ..., "layer4"]``
+    for torchvision and timm ResNets. Chapters 19.1 (probing) and 19.3 (unfreezing) use them.
+    """
+    if isinstance(model, CourseResNet):
+        return ["stem", "stage1", "stage2", "stage3", "stage4"]
+    names = [name for name in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, name)]
+    if names:
+        return names
+    raise TypeError(
+        f"Don't know the stages of a {type(model).__name__}. Use a CourseResNet or a ResNet from "
+        "torchvision/timm, or name the layers yourself (see course_lib.features.layer_names)."
+    )
+
+
+def _head_attribute(model: nn.Module) -> str:
+    for attribute in ("head", "fc", "classifier"):
+        if isinstance(getattr(model, attribute, None), nn.Linear):
+            return attribute
+    raise TypeError(f"Found no linear head (.head, .fc or .classifier) on a {type(model).__name__}.")
+
+
+def get_head(model: nn.Module) -> nn.Linear:
+    """The final linear classifier of a backbone (``.head``, ``.fc`` or ``.classifier``)."""
+    return getattr(model, _head_attribute(model))
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Swap the classifier for a freshly initialised one with ``num_classes`` outputs (19.2, 19.3).
+
+    Returns the same model, changed in place; the new head is trainable and on the model's device.
+    """
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}.")
+    attribute = _head_attribute(model)
+    old = getattr(model, attribute)
+    setattr(model, attribute, nn.Linear(old.in_features, num_classes).to(old.weight.device))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (used to check shipped and cached weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_course_resnet(weights_path: Path | str | None = None, *, pretrained: bool = True) -> CourseResNet:
+    """The course's source model, with its shipped pretrained weights checked against the recipe.
+
+    The recipe file beside the weights records the training command, settings, held-out accuracy
+    and the SHA-256 of the weights; a file that does not match is refused.
+    """
+    recipe = json.loads(COURSE_RESNET_RECIPE.read_text()) if COURSE_RESNET_RECIPE.exists() else {}
+    model = CourseResNet(num_classes=len(recipe.get("classes", ())) or 24, widths=tuple(recipe.get("widths", (16, 32, 64, 128))))
+    if not pretrained:
+        return model
+    path = Path(weights_path) if weights_path is not None else COURSE_RESNET_WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(
+            f"The course model's weights are missing: {path}. Restore them with "
+            f"`git checkout -- {COURSE_RESNET_WEIGHTS.name}` in course_lib/weights, or re-create them "
+            "with `python -m course_lib.pretrain` (about 15 minutes on a laptop CPU)."
+        )
+    expected = recipe.get("sha256")
+    if weights_path is None and expected and file_sha256(path) != expected:
+        raise ValueError(
+            f"The weights file {path} does not match its recorded checksum (it was changed or corrupted). "
+            "Restore it with git, or re-create it with `python -m course_lib.pretrain`."
+        )
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise ValueError(f"Could not read the weights file {path} ({error}). Restore it with git.") from error
+    model.load_state_dict(state)
+    return model
+
+
+def torchvision_checkpoint_path(name: str) -> Path:
+    """Where torchvision keeps (or would download) the ImageNet weights of model ``name``."""
+    url = _torchvision_weights(name).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
+
+
+def _torchvision_weights(name: str):
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError) as error:
+        raise ValueError(
+            f"torchvision has no model called {name!r}; try 'resnet18', 'resnet50' or 'mobilenet_v3_small'."
+        ) from error
+
+
+def load_torchvision_backbone(name: str, *, download: bool = False, check_hash: bool = True) -> nn.Module:
+    """An ImageNet-pretrained torchvision model, read from torch's hub cache (``real`` profile).
+
+    With ``download=False`` (the default) nothing is fetched: a missing file raises an error that
+    says where to put it. ``check_hash`` verifies the file against the hash prefix in its name, as
+    torchvision does.
+    """
+    import torchvision
+
+    weights = _torchvision_weights(name)
+    path = torchvision_checkpoint_path(name)
+    if not path.exists() and not download:
+        raise FileNotFoundError(
+            f"ImageNet weights for {name} are not in the torch cache: {path}. On a machine with "
+            f"internet, run `course_lib.models.load_backbone({name!r}, download=True)` once, or copy "
+            f"the file {path.name} there (TORCH_HOME moves the cache). Without them, use the offline "
+            "profile (COURSE_PROFILE=standard) and the course's own model."
+        )
+    model = torchvision.models.get_model(name, weights=None)
+    if not path.exists():
+        state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=check_hash)
+    else:
+        if check_hash:
+            prefix = path.stem.rsplit("-", 1)[-1]
+            if not file_sha256(path).startswith(prefix):
+                raise ValueError(
+                    f"{path} does not match the hash in its name ({prefix}): it is corrupted or not "
+                    "torchvision's official file. Delete it and download it again."
+                )
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    return model
+
+
+def timm_checkpoint_path(name: str) -> Path | None:
+    """The cached file of timm model ``name``'s pretrained weights, or None when it is not cached.
+
+    timm keeps its weights in the Hugging Face hub cache (``HF_HOME``); looking there needs no
+    network.
+    """
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        config = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        config = None
+    if config is None or not config.hf_hub_id:
+        raise ValueError(
+            f"timm has no pretrained weights called {name!r}; list them with timm.list_pretrained('resnet*')."
+        )
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        cached = try_to_load_from_cache(config.hf_hub_id, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+    return None
+
+
+def load_timm_backbone(name: str, *, download: bool = False) -> nn.Module:
+    """An ImageNet-pretrained timm model (e.g. ``resnet18.a1_in1k``) from the Hugging Face cache."""
+    import timm
+
+    path = timm_checkpoint_path(name)
+    if path is not None:
+        # Point timm at the cached file, so that loading never touches the network.
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    if not download:
+        raise FileNotFoundError(
+            f"timm's pretrained weights for {name} are not in the Hugging Face cache "
+            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). On a machine with "
+            f"internet, run `course_lib.models.load_backbone('timm:{name}', download=True)` once. "
+            "Without them, use the offline profile (COURSE_PROFILE=standard) and the course's own model."
+        )
+    return timm.create_model(name, pretrained=True)
+
+
+def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, download: bool = False) -> nn.Module:
+    """Load a backbone by name, the same call in every profile.
+
+    - ``"course-resnet"``: the course's source model (offline profiles);
+    - a torchvision name such as ``"resnet18"`` (``real`` profile);
+    - ``"timm:<model name>"`` for a timm model.
+
+    ``pretrained=False`` returns the same architecture with random weights (19.1 compares them).
+    The model is returned in ``eval()`` mode on the CPU.
+    """
+    if name == "course-resnet":
+        model = load_course_resnet(pretrained=pretrained)
+    elif name.startswith("timm:"):
+        import timm
+
+        model = load_timm_backbone(name[5:], download=download) if pretrained else timm.create_model(name[5:])
+    else:
+        if pretrained:
+            model = load_torchvision_backbone(name, download=download)
+        else:
+            import torchvision
+
+            _torchvision_weights(name)  # validates the name with a helpful message
+            model = torchvision.models.get_model(name, weights=None)
+    return model.eval()

@@ -1,0 +1,142 @@
+"""Nuisance factors and the named domains: how the same shapes are photographed differently.
+
+A :class:`Domain` holds *ranges* (``(low, high)``, drawn uniformly per image) and
+*probabilities* for everything that is not the shape itself: colours, backgrounds, drawing
+style, lighting, colour cast, blur, noise and JPEG-like blockiness. A domain shift (19.4) is then
+one argument: ``ShapeWorld(domain="night")``. Make your own with ``dataclasses.replace``::
+
+    noisy = dataclasses.replace(DOMAINS["studio"], name="studio-noisy", noise_std=0.1)
+
+A single number for a range means "always this value". Sizes in pixels (stroke width, blur) are
+given for 64x64 images and scale with the image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Union
+
+Range = tuple[float, float]
+RangeLike = Union[float, int, tuple[float, float]]
+
+# Fields that are ranges, with the interval their values must lie in.
+_RANGE_LIMITS: dict[str, Range] = {
+    "shape_saturation": (0.0, 1.0), "shape_value": (0.0, 1.0), "shape_hue": (0.0, 1.0),
+    "background_saturation": (0.0, 1.0), "background_value": (0.0, 1.0), "stroke_width": (0.5, 8.0),
+    "texture_period": (3.0, 32.0), "brightness": (-1.0, 1.0), "contrast": (0.0, 3.0),
+    "illumination_gradient": (0.0, 1.0), "tint_jitter": (0.0, 0.5), "blur_sigma": (0.0, 3.0),
+    "noise_std": (0.0, 0.5), "blockiness": (0.0, 1.0),
+}
+_PROBABILITIES = ("p_outline", "p_textured", "p_gradient", "p_texture_background", "p_clutter")
+
+
+@dataclasses.dataclass(frozen=True)
+class Domain:
+    """The nuisance factors of one domain. Ranges are ``(low, high)``; ``p_*`` are probabilities.
+
+    Style: an image is an outline with probability ``p_outline``, a textured fill with
+    ``p_textured``, otherwise a plain fill. Background: gradient, texture or clutter (faint random
+    strokes) with their probabilities, otherwise a plain colour. Lighting: ``brightness`` is
+    added, ``contrast`` scales around mid-grey, ``illumination_gradient`` darkens one side.
+    ``tint`` multiplies the red, green and blue channels (a colour cast) and ``tint_jitter``
+    varies it per image.
+    """
+
+    name: str
+    shape_hue: RangeLike = (0.0, 1.0)
+    shape_saturation: RangeLike = (0.65, 1.0)
+    shape_value: RangeLike = (0.35, 0.8)
+    background_saturation: RangeLike = (0.0, 0.15)
+    background_value: RangeLike = (0.85, 1.0)
+    p_outline: float = 0.0
+    p_textured: float = 0.0
+    stroke_width: RangeLike = (2.0, 3.0)
+    texture_period: RangeLike = (5.0, 9.0)
+    p_gradient: float = 0.0
+    p_texture_background: float = 0.0
+    p_clutter: float = 0.0
+    brightness: RangeLike = 0.0
+    contrast: RangeLike = 1.0
+    illumination_gradient: RangeLike = 0.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    tint_jitter: RangeLike = 0.0
+    blur_sigma: RangeLike = 0.0
+    noise_std: RangeLike = 0.0
+    blockiness: RangeLike = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"A Domain needs a non-empty name, got {self.name!r}.")
+        for field, (low_limit, high_limit) in _RANGE_LIMITS.items():
+            value = _as_range(field, getattr(self, field))
+            if not (low_limit <= value[0] <= value[1] <= high_limit):
+                raise ValueError(
+                    f"Domain {self.name!r}: {field}={value} must be (low, high) with "
+                    f"{low_limit} <= low <= high <= {high_limit}."
+                )
+            object.__setattr__(self, field, value)  # frozen dataclass: normalise once, here
+        for field in _PROBABILITIES:
+            value = getattr(self, field)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"Domain {self.name!r}: {field}={value!r} must be a probability in [0, 1].")
+        if self.p_outline + self.p_textured > 1.0 + 1e-9:
+            raise ValueError(f"Domain {self.name!r}: p_outline + p_textured must be at most 1.")
+        if self.p_gradient + self.p_texture_background + self.p_clutter > 1.0 + 1e-9:
+            raise ValueError(f"Domain {self.name!r}: p_gradient + p_texture_background + p_clutter must be at most 1.")
+        tint = tuple(float(t) for t in self.tint)
+        if len(tint) != 3 or not all(0.0 <= t <= 2.0 for t in tint):
+            raise ValueError(f"Domain {self.name!r}: tint must be three channel factors in [0, 2], got {self.tint!r}.")
+        object.__setattr__(self, "tint", tint)
+
+
+def _as_range(field: str, value: RangeLike) -> Range:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (float(value), float(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        return (float(value[0]), float(value[1]))
+    raise TypeError(f"Domain field {field} must be a number or a (low, high) pair, got {value!r}.")
+
+
+DOMAINS: dict[str, Domain] = {
+    # Clean product shots: saturated filled shapes on plain light backgrounds.
+    "studio": Domain("studio"),
+    # Phone snapshots: clutter, uneven light, a warm colour cast, blur, noise and JPEG blocks.
+    "phone": Domain(
+        "phone", shape_saturation=(0.45, 0.95), shape_value=(0.35, 0.85), background_saturation=(0.0, 0.3),
+        background_value=(0.6, 0.95), p_gradient=0.35, p_clutter=0.5, brightness=(-0.1, 0.1),
+        contrast=(0.75, 1.1), illumination_gradient=(0.1, 0.4), tint=(1.08, 1.0, 0.88), tint_jitter=(0.0, 0.08),
+        blur_sigma=(0.4, 1.2), noise_std=(0.02, 0.06), blockiness=(0.0, 0.5),
+    ),
+    # Pencil sketches: dark outlines on paper-white, no colour.
+    "sketch": Domain(
+        "sketch", shape_saturation=0.0, shape_value=(0.05, 0.3), background_saturation=(0.0, 0.06),
+        background_value=(0.88, 1.0), shape_hue=(0.08, 0.12), p_outline=1.0, stroke_width=(1.2, 2.5),
+        p_gradient=0.3, blur_sigma=(0.0, 0.5), noise_std=(0.0, 0.02),
+    ),
+    # Night shots: dark, low contrast, strong noise, a blue cast.
+    "night": Domain(
+        "night", shape_saturation=(0.3, 0.7), shape_value=(0.45, 0.75), background_value=(0.05, 0.25),
+        background_saturation=(0.0, 0.3), p_gradient=0.4, brightness=(-0.08, 0.02), contrast=(0.55, 0.8),
+        illumination_gradient=(0.0, 0.3), tint=(0.7, 0.85, 1.25), tint_jitter=(0.0, 0.05),
+        blur_sigma=(0.0, 0.6), noise_std=(0.06, 0.12),
+    ),
+    # Fabric swatches: striped, checked or dotted shapes on patterned backgrounds.
+    "texture": Domain(
+        "texture", shape_saturation=(0.7, 1.0), shape_value=(0.4, 0.8), background_saturation=(0.05, 0.3),
+        background_value=(0.7, 0.95), p_textured=1.0, p_texture_background=1.0, texture_period=(5.0, 9.0),
+    ),
+}
+
+
+def get_domain(domain: str | Domain) -> Domain:
+    """Return a :class:`Domain`: a name from ``DOMAINS`` or a ``Domain`` object as it is."""
+    if isinstance(domain, Domain):
+        return domain
+    if isinstance(domain, str):
+        if domain in DOMAINS:
+            return DOMAINS[domain]
+        raise ValueError(
+            f"Unknown domain {domain!r}. Use one of {', '.join(DOMAINS)}, or pass a Domain object "
+            "(e.g. dataclasses.replace(DOMAINS['studio'], noise_std=0.1))."
+        )
+    raise TypeError(f"domain must be a domain name (str) or a Domain, got {type(domain).__name__}.")

@@ -1,0 +1,87 @@
+"""Tests for course_lib.checkpoints: checkpoint_or_train."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from course_lib.checkpoints import checkpoint_or_train
+from course_lib.training import fit
+
+NUM_CLASSES = 3
+
+
+def colour_images(n: int, seed: int) -> TensorDataset:
+    """Learnable toy images: class k is noise plus a bright channel k."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    images = torch.rand(n, 3, 16, 16, generator=generator) * 0.5
+    images[torch.arange(n), labels] += 0.5
+    return TensorDataset(images, labels)
+
+
+def small_cnn(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, NUM_CLASSES),
+    )
+
+
+def loaders(n_train: int = 96, n_val: int = 48) -> tuple[DataLoader, DataLoader]:
+    train = DataLoader(colour_images(n_train, seed=0), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
+    val = DataLoader(colour_images(n_val, seed=1), batch_size=32)
+    return train, val
+
+
+def quiet_fit(model, train_loader, **kwargs):
+    return fit(model, train_loader, progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoint_or_train
+
+
+@pytest.mark.parametrize("filename", ["model.pt", "model.safetensors"])
+def test_checkpoint_or_train_trains_once_then_loads(tmp_path, filename):
+    path = tmp_path / "sub" / filename
+    train, _ = loaders(32)
+    calls = []
+
+    def train_fn(model):
+        calls.append(1)
+        quiet_fit(model, train, epochs=1, lr=0.05)
+
+    first = small_cnn(seed=0)
+    checkpoint_or_train(path, first, lambda: train_fn(first))
+    assert calls == [1] and path.exists()
+    assert [p.name for p in path.parent.iterdir()] == [filename]  # no temporary files left behind
+
+    second = small_cnn(seed=1)
+    returned = checkpoint_or_train(path, second, lambda: train_fn(second))
+    assert returned is second and calls == [1]
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    checkpoint_or_train(path, second, lambda: train_fn(second), retrain=True)
+    assert calls == [1, 1]
+
+
+@pytest.mark.parametrize("filename", ["model.pt", "model.safetensors"])
+def test_a_corrupted_checkpoint_is_an_error_not_a_silent_retrain(tmp_path, filename):
+    path = tmp_path / filename
+    path.write_bytes(b"not a checkpoint at all")
+    calls = []
+    with pytest.raises(RuntimeError, match=f"{filename}.*(\n.*)*retrain=True") as info:
+        checkpoint_or_train(path, small_cnn(), lambda: calls.append(1))
+    assert "Delete the file" in str(info.value)
+    assert calls == []
+
+
+def test_a_checkpoint_of_another_model_is_an_error(tmp_path):
+    path = tmp_path / "model.pt"
+    checkpoint_or_train(path, nn.Linear(4, 2), lambda: None)
+    with pytest.raises(RuntimeError, match="different model"):
+        checkpoint_or_train(path, small_cnn(), lambda: None)

@@ -1,0 +1,245 @@
+"""Tests for course_lib.data: real datasets (from the shared offline copy), transforms, subsets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
+
+from course_lib import data
+from course_lib.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    REAL_DATASETS,
+    dataset_targets,
+    imagenet_transform,
+    load_real_dataset,
+    subset_per_class,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("COURSE_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"real MNIST/USPS copy not found at {SHARED_DATA} (set COURSE_SHARED_DATA to use another folder)")
+    return SHARED_DATA
+
+
+class LabelledItems(Dataset):
+    """A dataset with no label attribute: labels can only be read item by item."""
+
+    def __init__(self, labels):
+        self._labels = labels
+
+    def __len__(self):
+        return len(self._labels)
+
+    def __getitem__(self, index):
+        return torch.zeros(1), self._labels[index]
+
+
+# --- load_real_dataset -------------------------------------------------------------------------
+
+
+def test_real_mnist_test_split_loads_from_shared_copy(shared_data):
+    mnist = load_real_dataset("mnist", root=shared_data, train=False)
+    assert len(mnist) == 10_000
+    image, label = mnist[0]
+    assert isinstance(image, Image.Image) and image.size == (28, 28)
+    assert 0 <= label <= 9
+
+
+def test_real_usps_test_split_loads_from_usps_subfolder(shared_data):
+    usps = load_real_dataset("USPS", root=shared_data, train=False, transform=imagenet_transform(32))
+    assert len(usps) == 2007
+    image, label = usps[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0 <= label <= 9
+
+
+def test_root_defaults_to_course_data_dir(shared_data, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(shared_data))
+    assert len(load_real_dataset("mnist", train=False)) == 10_000
+
+
+@pytest.mark.parametrize("name", REAL_DATASETS)
+@pytest.mark.parametrize("train", [True, False])
+def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_real_dataset(name, root=tmp_path, train=train, download=False)
+    message = str(info.value)
+    folder = data._dataset_folder(name, tmp_path)
+    assert str(folder) in message
+    for filename in data._expected_files(name, train):
+        assert filename in message
+    assert "download=True" in message
+    assert "COURSE_DATA_DIR" in message
+    assert "COURSE_PROFILE=standard" in message
+    assert list(tmp_path.iterdir()) == []  # nothing was created or downloaded
+
+
+def test_missing_data_uses_course_data_dir_in_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        load_real_dataset("cifar10")
+
+
+def test_corrupted_files_are_reported_as_corrupted(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for filename in data._expected_files("cifar10", train=False):
+        (folder / filename).write_bytes(b"not a cifar batch")
+    with pytest.raises(FileNotFoundError, match="corrupted") as info:
+        load_real_dataset("cifar10", root=tmp_path, train=False)
+    assert isinstance(info.value.__cause__, RuntimeError)  # torchvision's own error stays attached
+
+
+def test_corrupted_usps_archive_is_reported(tmp_path):
+    (tmp_path / "usps").mkdir()
+    (tmp_path / "usps" / "usps.t.bz2").write_bytes(b"not bz2 data")
+    with pytest.raises(FileNotFoundError, match="corrupted"):
+        load_real_dataset("usps", root=tmp_path, train=False)
+
+
+def test_failed_download_is_wrapped(tmp_path, monkeypatch):
+    import torchvision.datasets as tv
+
+    def no_network(self):
+        raise URLError("no network in this test")
+
+    monkeypatch.setattr(tv.MNIST, "download", no_network)
+    with pytest.raises(FileNotFoundError, match="Downloading mnist failed") as info:
+        load_real_dataset("mnist", root=tmp_path, download=True)
+    assert "internet" in str(info.value)
+
+
+@pytest.mark.parametrize("bad_name", ["imagenet", "mnist10", ""])
+def test_unknown_name_lists_valid_ones(bad_name):
+    with pytest.raises(ValueError) as info:
+        load_real_dataset(bad_name)
+    for name in REAL_DATASETS:
+        assert name in str(info.value)
+
+
+def test_non_string_name_is_a_type_error():
+    with pytest.raises(TypeError, match="string"):
+        load_real_dataset(3)
+
+
+# --- imagenet_transform ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA"])
+@pytest.mark.parametrize("train", [False, True])
+def test_imagenet_transform_gives_normalised_3_channel_tensors(mode, train):
+    image = Image.new(mode, (40, 30), color=128 if mode == "L" else (128,) * len(mode))
+    out = imagenet_transform(32, train=train)(image)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), expected, atol=1e-2, rtol=0)
+
+
+def test_imagenet_transform_default_size_is_224():
+    assert imagenet_transform()(Image.new("L", (28, 28))).shape == (3, 224, 224)
+
+
+@pytest.mark.parametrize("bad_size", [0, 4, 22.5, "224", True])
+def test_imagenet_transform_rejects_bad_sizes(bad_size):
+    with pytest.raises(ValueError, match="image_size"):
+        imagenet_transform(bad_size)
+
+
+def test_imagenet_transform_rejects_tensors_with_a_hint():
+    with pytest.raises(TypeError, match="before ToTensor"):
+        imagenet_transform(32)(torch.zeros(1, 28, 28))
+
+
+# --- dataset_targets ---------------------------------------------------------------------------
+
+
+def test_dataset_targets_reads_attributes_without_loading_items():
+    class WithTargets(LabelledItems):
+        targets = [2, 0, 1]
+
+        def __getitem__(self, index):
+            raise AssertionError("dataset_targets must not load items when `targets` exists")
+
+    class WithLabels(WithTargets):  # SVHN keeps its labels in `labels`
+        targets = None
+        labels = [[3], [4]]
+
+    class OmniglotLike(WithTargets):
+        targets = None
+        _flat_character_images = [("a.png", 5), ("b.png", 7)]
+
+    assert dataset_targets(WithTargets([])).tolist() == [2, 0, 1]
+    assert dataset_targets(WithLabels([])).tolist() == [3, 4]
+    assert dataset_targets(OmniglotLike([])).tolist() == [5, 7]
+    assert dataset_targets(WithTargets([])).dtype == torch.long
+
+
+def test_dataset_targets_follows_subset_concat_and_tensor_datasets():
+    base = TensorDataset(torch.zeros(5, 2), torch.tensor([0, 1, 2, 3, 4]))
+    assert dataset_targets(Subset(Subset(base, [4, 3, 2]), [0, 2])).tolist() == [4, 2]
+    assert dataset_targets(ConcatDataset([base, Subset(base, [1])])).tolist() == [0, 1, 2, 3, 4, 1]
+
+
+def test_dataset_targets_falls_back_to_reading_items():
+    assert dataset_targets(LabelledItems([1, 1, 0])).tolist() == [1, 1, 0]
+
+
+def test_dataset_targets_rejects_items_without_labels():
+    class ImagesOnly(LabelledItems):
+        def __getitem__(self, index):
+            return torch.zeros(1)
+
+    with pytest.raises(TypeError, match=r"\(image, label\)"):
+        dataset_targets(ImagesOnly([0, 1]))
+
+
+def test_dataset_targets_of_real_mnist(shared_data):
+    targets = dataset_targets(load_real_dataset("mnist", root=shared_data, train=False))
+    assert targets.shape == (10_000,) and set(targets.tolist()) == set(range(10))
+
+
+# --- subset_per_class --------------------------------------------------------------------------
+
+
+def test_subset_per_class_is_balanced_and_reproducible():
+    labels = torch.arange(10).repeat_interleave(torch.arange(3, 13))  # class c has c + 3 examples
+    dataset = TensorDataset(torch.zeros(len(labels), 1), labels)
+    subset = subset_per_class(dataset, 3, seed=1)
+    picked = dataset_targets(subset)
+    assert torch.bincount(picked).tolist() == [3] * 10
+    assert subset.indices == subset_per_class(dataset, 3, seed=1).indices
+    assert subset.indices != subset_per_class(dataset, 3, seed=2).indices
+    assert len(set(subset.indices)) == 30
+
+
+def test_subset_per_class_names_classes_that_are_too_small():
+    dataset = TensorDataset(torch.zeros(7, 1), torch.tensor([0, 0, 0, 0, 1, 1, 2]))
+    with pytest.raises(ValueError) as info:
+        subset_per_class(dataset, 3)
+    message = str(info.value)
+    assert "class 1 has 2" in message and "class 2 has 1" in message and "n_per_class <= 1" in message
+
+
+@pytest.mark.parametrize("bad_n", [0, -1, 2.0, True])
+def test_subset_per_class_rejects_bad_counts(bad_n):
+    with pytest.raises(ValueError, match="n_per_class"):
+        subset_per_class(TensorDataset(torch.zeros(4, 1), torch.tensor([0, 0, 1, 1])), bad_n)
+
+
+def test_subset_per_class_of_real_usps(shared_data):
+    usps = load_real_dataset("usps", root=shared_data, train=False)
+    subset = subset_per_class(usps, 5, seed=0)
+    assert len(subset) == 50
+    assert torch.bincount(torch.tensor([usps[i][1] for i in subset.indices])).tolist() == [5] * 10

@@ -1,0 +1,118 @@
+"""Tests for course_lib.models: the source model, head swaps, and loading every kind of backbone."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib import models
+
+
+def test_course_resnet_shapes_and_stages():
+    model = models.CourseResNet(num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert model(x).shape == (2, 5)
+    assert model.forward_features(x).shape == (2, model.feature_dim)
+    sizes = []
+    for name in models.stage_names(model):
+        x = model.get_submodule(name)(x)
+        sizes.append(tuple(x.shape[1:]))
+    assert sizes == [(16, 32, 32), (16, 32, 32), (32, 16, 16), (64, 8, 8), (128, 4, 4)]
+
+
+@pytest.mark.parametrize("bad_shape", [(3, 64, 64), (2, 1, 64, 64), (2, 64, 64, 3)])
+def test_course_resnet_rejects_wrong_shapes(bad_shape):
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        models.CourseResNet()(torch.randn(*bad_shape))
+
+
+def test_replace_head_keeps_backbone_and_device():
+    model = models.CourseResNet(num_classes=24)
+    stem_before = model.stem[0].weight.clone()
+    models.replace_head(model, 7)
+    assert models.get_head(model).out_features == 7 and models.get_head(model).weight.requires_grad
+    assert torch.equal(model.stem[0].weight, stem_before)
+    with pytest.raises(ValueError, match="positive int"):
+        models.replace_head(model, 0)
+    with pytest.raises(TypeError, match="no linear head"):
+        models.replace_head(nn.Sequential(nn.ReLU()), 3)
+
+
+def test_torchvision_and_timm_names_share_the_vocabulary():
+    import timm
+
+    for model in (models.load_backbone("resnet18", pretrained=False), timm.create_model("resnet18")):
+        assert models.stage_names(model) == ["layer1", "layer2", "layer3", "layer4"]
+        models.replace_head(model, 4)
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+    with pytest.raises(TypeError, match="stages"):
+        models.stage_names(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no model called"):
+        models.load_backbone("resnet19", pretrained=False)
+
+
+def test_shipped_course_weights_load_and_match_recipe():
+    recipe = json.loads(models.COURSE_RESNET_RECIPE.read_text())
+    assert models.file_sha256(models.COURSE_RESNET_WEIGHTS) == recipe["sha256"]
+    assert recipe["held_out_accuracy"]["studio"] >= 0.95
+    model = models.load_backbone("course-resnet")
+    assert not model.training
+    assert models.get_head(model).out_features == len(recipe["classes"])
+    random_model = models.load_backbone("course-resnet", pretrained=False)
+    assert not torch.equal(model.stem[0].weight, random_model.stem[0].weight)
+
+
+def test_corrupted_course_weights_are_refused(tmp_path, monkeypatch):
+    broken = tmp_path / "course_resnet.safetensors"
+    broken.write_bytes(models.COURSE_RESNET_WEIGHTS.read_bytes()[:1000])
+    monkeypatch.setattr(models, "COURSE_RESNET_WEIGHTS", broken)
+    with pytest.raises(ValueError, match="checksum"):
+        models.load_course_resnet()
+    with pytest.raises(ValueError, match="Could not read"):
+        models.load_course_resnet(broken)  # an explicit file skips the checksum but not the reader
+    monkeypatch.setattr(models, "COURSE_RESNET_WEIGHTS", tmp_path / "missing.safetensors")
+    with pytest.raises(FileNotFoundError, match="course_lib.pretrain"):
+        models.load_course_resnet()
+
+
+def test_torchvision_backbone_from_the_real_cache_layout(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    path = models.torchvision_checkpoint_path("resnet18")
+    assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(FileNotFoundError, match="download=True"):
+        models.load_backbone("resnet18")
+
+    reference = torchvision.models.resnet18(weights=None)
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    # The file is ours, not torchvision's: its hash cannot match the name, and that is caught.
+    with pytest.raises(ValueError, match="does not match the hash"):
+        models.load_backbone("resnet18")
+    loaded = models.load_torchvision_backbone("resnet18", check_hash=False)
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+
+
+def test_timm_backbone_from_the_hugging_face_cache_layout(tmp_path, monkeypatch):
+    import timm
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    assert models.timm_checkpoint_path("resnet18.a1_in1k") is None
+    with pytest.raises(FileNotFoundError, match="Hugging Face cache"):
+        models.load_backbone("timm:resnet18.a1_in1k")
+
+    reference = timm.create_model("resnet18")
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
+    loaded = models.load_backbone("timm:resnet18.a1_in1k")
+    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        models.load_backbone("timm:not-a-model")
