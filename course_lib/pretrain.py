@@ -27,14 +27,57 @@ from torch.utils.data import DataLoader
 from course_lib.config import seed_everything
 from course_lib.models import CourseResNet, file_sha256
 from course_lib.training import evaluate, fit
-from course_lib.world import DOMAINS, SOURCE_CLASSES, ShapeWorld
+from course_lib.world import DOMAINS, SOURCE_CLASSES, ShapeWorld, normalize
 
-DEFAULTS = dict(epochs=8, train_per_class=500, test_per_class=200, batch_size=128, lr=0.05, weight_decay=5e-4, seed=0)
+DEFAULTS = dict(epochs=10, train_per_class=600, test_per_class=200, batch_size=128, lr=0.05, weight_decay=5e-4, seed=0)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Randomly recolour, flip, blur and add noise to a batch of images in [0, 1], shaped (B, 3, H, W).
+
+    Pretraining with such augmentation, as ImageNet models are trained, makes the features depend
+    less on the exact colours and sharpness of the studio domain, and so transfer better.
+    """
+    b = images.shape[0]
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(b, 1, 1, 1, generator=generator)
+
+    def chance(p: float) -> torch.Tensor:
+        return torch.rand(b, 1, 1, 1, generator=generator) < p
+
+    x = torch.where(chance(0.5), images.flip(-1), images)
+    channel_order = torch.argsort(torch.rand(b, 3, generator=generator), dim=1)
+    x = x[torch.arange(b)[:, None], channel_order]
+    x = torch.where(chance(0.2), x.mean(1, keepdim=True).expand_as(x), x)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = ((x - mean) * uniform(0.6, 1.4) + mean) * uniform(0.6, 1.4)
+    kernel = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 256).expand(3, 1, 5, 5)
+    blurred = torch.nn.functional.conv2d(x, kernel, padding=2, groups=3)
+    x = torch.where(chance(0.3), blurred, x)
+    x = x + uniform(0.0, 0.06) * torch.randn(x.shape, generator=generator)
+    return x.clamp(0, 1)
+
+
+class AugmentedLoader:
+    """A DataLoader whose image batches pass through :func:`augment_batch` and then ``normalize``."""
+
+    def __init__(self, loader: DataLoader, seed: int):
+        self.loader = loader
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield normalize(augment_batch(images, self.generator)), labels
 
 
 def make_source_data(train_per_class: int, test_per_class: int, domain: str = "studio") -> tuple[ShapeWorld, ShapeWorld]:
-    """Training (seed 0) and held-out (seed 1) images of the source classes in one domain."""
-    train = ShapeWorld("source", domain=domain, n_per_class=train_per_class, seed=0)
+    """Training (seed 0, in [0, 1] for augmentation) and held-out (seed 1, normalised) images of the source classes."""
+    train = ShapeWorld("source", domain=domain, n_per_class=train_per_class, seed=0, transform=torch.nn.Identity())
     test = ShapeWorld("source", domain=domain, n_per_class=test_per_class, seed=1)
     return train, test
 
@@ -47,8 +90,14 @@ def pretrain_source_model(
     train, test = make_source_data(train_per_class, test_per_class)
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator, drop_last=True)
+    train_loader = AugmentedLoader(train_loader, seed)
     test_loader = DataLoader(test, batch_size=256)
 
+    if epochs * len(train_loader) < 8:
+        raise ValueError(
+            f"{epochs} epoch(s) of {len(train_loader)} batch(es) are too few steps for the one-cycle schedule; "
+            "raise --epochs or --train-per-class, or lower --batch-size."
+        )
     model = CourseResNet(num_classes=len(SOURCE_CLASSES))
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     # One-cycle: warm up, then anneal to almost zero; reliable for short schedules.
@@ -75,7 +124,7 @@ def pretrain_source_model(
     return model, report
 
 
-def save_weights(model: CourseResNet, out_dir: Path, settings: dict, report: dict) -> Path:
+def save_weights(model: CourseResNet, out_dir: Path, settings: dict, report: dict, command: str) -> Path:
     """Write the weights (safetensors) and their recipe (JSON with the checksum)."""
     from safetensors.torch import save_file
 
@@ -88,7 +137,7 @@ def save_weights(model: CourseResNet, out_dir: Path, settings: dict, report: dic
         "widths": list(model.widths),
         "classes": list(SOURCE_CLASSES),
         "domain": "studio",
-        "command": "python -m course_lib.pretrain " + shlex.join(sys.argv[1:]),
+        "command": command,
         "settings": settings,
         "train_seconds": report["train_seconds"],
         "held_out_accuracy": report["held_out_accuracy"],
@@ -107,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="overwrite weights already in --out")
     for name, value in DEFAULTS.items():
         parser.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
     if (args.out / "course_resnet.safetensors").exists() and not args.force:
@@ -114,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = {name: getattr(args, name) for name in DEFAULTS}
     model, report = pretrain_source_model(**settings)
-    path = save_weights(model, args.out, settings, report)
+    path = save_weights(model, args.out, settings, report, command="python -m course_lib.pretrain " + shlex.join(argv))
     print(f"saved {path} in {report['train_seconds']} s; held-out accuracy:")
     for domain, accuracy in report["held_out_accuracy"].items():
         print(f"  {domain:8s} {accuracy:.2%}")

@@ -1,0 +1,15 @@
+"""Tests for course_lib.bench: every benchmark runs and prints its figure."""
+
+import re
+
+from course_lib import bench
+
+
+def test_quick_benchmark_prints_every_figure(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"world generation, 64x64, one thread: [\d,]+ images/s", out)
+    assert re.search(r"studio\s+\d+\.\d\d%", out)
+    assert re.search(r"feature extraction \(\d+ target images\): [\d,]+ images/s", out)
+    assert re.search(r"\d+x faster with the cache", out)
