@@ -10,34 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from course_lib.checkpoints import checkpoint_or_train
 from course_lib.training import fit
 
-NUM_CLASSES = 3
-
-
-def colour_images(n: int, seed: int) -> TensorDataset:
-    """Learnable toy images: class k is noise plus a bright channel k."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % NUM_CLASSES
-    images = torch.rand(n, 3, 16, 16, generator=generator) * 0.5
-    images[torch.arange(n), labels] += 0.5
-    return TensorDataset(images, labels)
-
-
-def small_cnn(seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, NUM_CLASSES),
-    )
-
-
-def loaders(n_train: int = 96, n_val: int = 48) -> tuple[DataLoader, DataLoader]:
-    train = DataLoader(colour_images(n_train, seed=0), batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(0))
-    val = DataLoader(colour_images(n_val, seed=1), batch_size=32)
-    return train, val
-
-
-def quiet_fit(model, train_loader, **kwargs):
-    return fit(model, train_loader, progress=False, **kwargs)
+from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn  # noqa: E402,F401
 
 
 # ---------------------------------------------------------------------------------------------
