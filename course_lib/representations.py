@@ -86,7 +86,7 @@ def capture_activations(model: nn.Module, images: torch.Tensor, layers: Sequence
 
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
 
-    def keeper(name: str):
+    def make_hook(name: str):
         def keep_output(_module: nn.Module, _inputs: Any, output: Any) -> None:
             if not isinstance(output, torch.Tensor):
                 raise TypeError(
@@ -97,7 +97,7 @@ def capture_activations(model: nn.Module, images: torch.Tensor, layers: Sequence
             captured[name].append(output.detach().to("cpu", torch.float32, copy=True))
         return keep_output
 
-    hooks = [module.register_forward_hook(keeper(name)) for name, module in modules.items()]
+    hooks = [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
     try:
         with eval_mode(model):
             model(images)
@@ -294,9 +294,10 @@ def linear_probe_accuracy(
     """Test accuracy of a linear classifier trained on frozen features (19.1, 19.2).
 
     The probe: features are standardised with the *training* set's mean and standard deviation
-    (the test set must not leak into training), then a single ``nn.Linear`` layer is trained with
-    Adam on the cross-entropy plus an L2 penalty (``weight_decay``) for ``epochs`` passes over the
-    training set, in full batches (``batch_size=None``) or seeded, shuffled mini-batches.
+    (the test set must not leak into training), then a linear softmax classifier (logistic
+    regression) is trained with Adam on the cross-entropy plus an L2 penalty on its weights
+    (``weight_decay``) for ``epochs`` passes over the training set, in full batches
+    (``batch_size=None``) or seeded, shuffled mini-batches.
 
     Logistic regression is convex, so the probe starts from zero weights: the result then depends
     on the features, not on a random initialisation, and is the same on every call for a given
@@ -322,31 +323,45 @@ def linear_probe_accuracy(
         )
     _check_training_settings(epochs, lr, weight_decay, batch_size, seed)
 
-    mean = train_features.mean(dim=0)
-    # Constant features have zero spread; dividing by 1 instead leaves them at 0 after centring.
-    std = train_features.std(dim=0, correction=0)
-    std = torch.where(std > 1e-8, std, torch.ones_like(std))
-    train_x, test_x = (train_features - mean) / std, (test_features - mean) / std
-    num_classes = int(train_labels.max()) + 1
+    train_x, test_x = _standardise(train_features, test_features)
+    weight, bias = _train_linear_classifier(train_x, train_labels, epochs, lr, weight_decay, batch_size, seed)
+    with torch.no_grad():
+        predictions = nn.functional.linear(test_x, weight, bias).argmax(dim=1)
+    return float((predictions == test_labels).double().mean())
 
-    probe = nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
-    nn.init.zeros_(probe.weight)
-    nn.init.zeros_(probe.bias)
-    optimizer = torch.optim.Adam(probe.parameters(), lr=lr, weight_decay=weight_decay)
+
+def _standardise(train_features: torch.Tensor, test_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both sets centred and scaled with the training set's per-feature mean and standard deviation."""
+    mean = train_features.mean(dim=0)
+    std = train_features.std(dim=0, correction=0)
+    # A constant feature has zero spread: dividing it by 1 instead leaves it at 0 after centring.
+    std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    return (train_features - mean) / std, (test_features - mean) / std
+
+
+def _train_linear_classifier(
+    features: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float, weight_decay: float, batch_size: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of a softmax classifier ``logits = features @ weight.T + bias``, trained with Adam."""
+    num_classes, dim, device = int(labels.max()) + 1, features.shape[1], features.device
+    # Plain zero tensors rather than nn.Linear, whose random initialisation would draw from (and so
+    # change) the global random state of the notebook that calls the probe.
+    weight = torch.zeros(num_classes, dim, device=device, requires_grad=True)
+    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    # Adam's weight_decay adds weight_decay * w to the gradient: an L2 penalty on the weights, not the bias.
+    optimizer = torch.optim.Adam([{"params": [weight], "weight_decay": weight_decay}, {"params": [bias]}], lr=lr)
+    batch_size = batch_size or len(features)
     generator = torch.Generator().manual_seed(seed)
-    batch_size = batch_size or len(train_x)
-    with torch.enable_grad():  # the probe trains even if the caller is inside torch.no_grad()
+    with torch.enable_grad():  # the probe trains even when the caller is inside torch.no_grad()
         for _ in range(epochs):
-            order = torch.randperm(len(train_x), generator=generator).to(train_x.device) if batch_size < len(train_x) else None
-            for start in range(0, len(train_x), batch_size):
-                rows = order[start:start + batch_size] if order is not None else slice(None)
-                loss = nn.functional.cross_entropy(probe(train_x[rows]), train_labels[rows])
+            order = torch.randperm(len(features), generator=generator).to(device)
+            for start in range(0, len(features), batch_size):
+                rows = order[start:start + batch_size]
+                loss = nn.functional.cross_entropy(nn.functional.linear(features[rows], weight, bias), labels[rows])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-    with torch.no_grad():
-        predictions = probe(test_x).argmax(dim=1)
-    return float((predictions == test_labels).double().mean())
+    return weight.detach(), bias.detach()
 
 
 def _check_probe_features(features: Any, name: str) -> torch.Tensor:
