@@ -8,13 +8,11 @@ import sys
 
 import pytest
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.callbacks import Callback, EarlyStopping, History, LambdaCallback, TrackMetric
-from course_lib.training import evaluate, fit
+from course_lib.training import evaluate
 
-from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn  # noqa: E402,F401
+from toy import loaders, quiet_fit, small_cnn
 
 
 # ---------------------------------------------------------------------------------------------

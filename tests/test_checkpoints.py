@@ -5,12 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.checkpoints import checkpoint_or_train
-from course_lib.training import fit
 
-from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn  # noqa: E402,F401
+from toy import loaders, quiet_fit, small_cnn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,12 +14,11 @@ from course_lib.training import (
     count_parameters,
     eval_mode,
     evaluate,
-    fit,
     model_device,
     predict,
 )
 
-from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn  # noqa: E402,F401
+from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn
 
 
 # ---------------------------------------------------------------------------------------------
