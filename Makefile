@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # Notebooks and the book are executed offline: never wait on the Hugging Face hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv test test-fast book bench lab pretrain clean
+.PHONY: help venv test book bench lab pretrain clean lessons check-lessons grade
 
 help:
 	@echo "make book      set up, execute every lesson, build the book to _build/html"
@@ -16,6 +16,8 @@ help:
 	@echo "make lab       JupyterLab on the student lessons"
 	@echo "make bench     benchmarks: world speed, source-model accuracy, feature caching"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
+	@echo "make lessons   regenerate the student notebooks in lessons/ from solutions/"
+	@echo "make grade ASSIGNMENT=19_1_representations   autograde submitted/*/ASSIGNMENT, write feedback/ and grades.csv"
 
 venv: $(STAMP)
 
@@ -29,9 +31,12 @@ $(STAMP): requirements/constraints.txt pyproject.toml tools/install_torchvision_
 	touch $(STAMP)
 
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
+	# Instructor notebooks, hidden tests included, must run clean (one notebook per process).
+	COURSE_PROFILE=smoke $(BIN)/python -m pytest -p no:xdist --nbval-lax solutions
 
 book: venv
+	$(BIN)/python tools/book_notebooks.py
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "open _build/html/index.html"
 
@@ -43,6 +48,16 @@ lab: venv
 
 pretrain: venv
 	$(BIN)/python -m course_lib.pretrain --out pretrained
+
+lessons: venv
+	$(BIN)/python tools/nbgrader_course.py lessons
+
+check-lessons: venv
+	$(BIN)/python tools/nbgrader_course.py check-lessons
+
+grade: venv
+	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=19_1_representations"; exit 2; }
+	$(BIN)/python tools/nbgrader_course.py grade $(ASSIGNMENT)
 
 clean:
 	rm -rf _build .pytest_cache

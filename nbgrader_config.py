@@ -1,8 +1,33 @@
-"""nbgrader settings for the course (instructors: see README, "For instructors").
+"""nbgrader settings for the course (instructors: see README, "For instructors", and CONTRIBUTING.md).
 
 Instructor notebooks live in `solutions/<assignment>/`; the student versions in
-`lessons/<assignment>/` are generated from them with `nbgrader generate_assignment`.
+`lessons/<assignment>/` are generated from them with `python tools/nbgrader_course.py lessons`
+(`make lessons`), which runs `nbgrader generate_assignment` in a throwaway course folder.
 """
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import ClearHiddenTests, GetGrades
+from nbgrader.utils import is_grade
+
+
+class HideHiddenTestsInFeedback(ClearHiddenTests):
+    """Feedback for students must not give the hidden tests away.
+
+    nbgrader's feedback shows the autograded notebook, whose test cells hold the hidden tests
+    again (autograding restores them). This removes the hidden regions from the test cells'
+    source and, because a Python traceback quotes the failing source lines, shortens those
+    cells' error tracebacks to the error's type and message.
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        had_hidden_tests = self.begin_test_delimeter in cell.source
+        cell, resources = super().preprocess_cell(cell, resources, cell_index)
+        if had_hidden_tests and is_grade(cell):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    output["traceback"] = [f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"]
+        return cell, resources
+
 
 c = get_config()  # noqa: F821 (provided by nbgrader when it reads this file)
 
@@ -12,8 +37,16 @@ c.CourseDirectory.release_directory = "lessons"
 c.CourseDirectory.submitted_directory = "submitted"
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
+# Instructor-only files next to a source notebook that students must not receive.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "wrong_answers.json"]
 
 # Grading runs every notebook in the fast `smoke` profile (course_lib.setup sees
 # NBGRADER_EXECUTION); a cell that runs longer than this is stopped and scores zero.
 c.Execute.timeout = 60
+# A test cell a student edited is restored from the gradebook (nbgrader always does this); one a
+# student deleted is put back and graded: deleting a test neither hides a failure nor loses points.
+c.OverwriteCells.add_missing_cells = True
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# nbgrader's default feedback shows the hidden tests: remove them (see the class above).
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTestsInFeedback, CSSHTMLHeaderPreprocessor]

@@ -14,6 +14,9 @@ def clean_env(monkeypatch, tmp_path):
     for name in ("COURSE_PROFILE", "NBGRADER_EXECUTION", "COURSE_DEVICE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # setup(profile="smoke") lowers it
 
 
 def test_default_profile_is_standard():
@@ -78,3 +81,8 @@ def test_setup_returns_profile_sizes_and_prints_summary(capsys, tmp_path):
         assert word in out
     real = config.setup(profile="real", quiet=True)
     assert not real.offline and real.backbone == "resnet18"
+
+
+def test_smoke_profile_uses_one_thread():
+    config.setup(profile="smoke", quiet=True)
+    assert torch.get_num_threads() == 1

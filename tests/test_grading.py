@@ -1,0 +1,250 @@
+"""End to end: release chapter 19.1, autograde simulated students, check scores, feedback and CSV.
+
+A throwaway course folder (tmp_path) gets the course's nbgrader_config.py and a copy of
+solutions/. Simulated submissions go to submitted/<student>/<assignment>/ and one
+`nbgrader autograde` call grades them all (tools/nbgrader_course.py: `grade`). Each student's
+expected score per exercise is derived from the notebook's own nbgrader metadata:
+an exercise is a solution cell plus the test cells after it, worth those test cells' points.
+
+What nbgrader 0.9.6 does (found by running it, asserted below):
+- an edited test cell is restored from the gradebook before grading: it cannot be cheated;
+- a deleted test cell is added back (`c.OverwriteCells.add_missing_cells = True` in the config)
+  and graded, so deleting a test neither removes its points nor gives them away;
+- a cell that runs past `c.Execute.timeout` is interrupted; it and its tests score 0, the rest
+  of the notebook is graded;
+- a kernel crash (os._exit) aborts that one submission: nbgrader logs the error, exits 1 after
+  grading everyone else, and the gradebook holds the submission with 0 points and flagged for
+  manual grading; no feedback is written for it.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbgrader.api import Gradebook
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import nbgrader_course  # noqa: E402  (tools/ is not a package)
+
+CHAPTER = "19_1_representations"
+# Small, so that the infinite-loop student costs little, but well above the slowest cell of
+# chapter 19.1 in `smoke` (about 17 s on a busy 2-core machine).
+CELL_TIMEOUT_S = 40
+# "Well under a minute" is the goal (measured 30-56 s on a 2-core machine shared with other jobs);
+# the limit leaves room for a busy CI machine and catches a notebook that became far slower.
+SECONDS_PER_SUBMISSION_LIMIT = 90
+
+pytestmark = pytest.mark.slow
+
+
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def _exercises(notebook) -> dict[str, dict]:
+    """{solution grade_id: {"points": ..., "tests": [test grade_ids]}} in notebook order."""
+    exercises: dict[str, dict] = {}
+    current = None
+    for cell in notebook.cells:
+        meta = _nbgrader(cell)
+        if meta.get("solution") and cell.cell_type == "code":
+            current = meta["grade_id"]
+            exercises[current] = {"points": 0.0, "tests": []}
+        elif meta.get("grade") and current is not None:
+            exercises[current]["points"] += float(meta.get("points", 0))
+            exercises[current]["tests"].append(meta["grade_id"])
+    return exercises
+
+
+def _cell_index(notebook, grade_id: str) -> int:
+    return next(i for i, cell in enumerate(notebook.cells) if _nbgrader(cell).get("grade_id") == grade_id)
+
+
+def _hidden_lines(source: str) -> list[str]:
+    """The non-trivial lines inside hidden-test regions (comments included: they are instructor notes)."""
+    lines, inside = [], False
+    for line in source.splitlines():
+        marker = line.strip()
+        if "BEGIN HIDDEN TESTS" in marker:
+            inside = True
+        elif "END HIDDEN TESTS" in marker:
+            inside = False
+        elif inside and len(marker) >= 12 and marker.strip("#=-_ ") and not marker.startswith(("print(", ")", "]")):
+            lines.append(marker)
+    return lines
+
+
+def _visible_text(path: Path) -> str:
+    """What a reader of an HTML or notebook file sees: tags dropped (highlighting splits code), entities decoded."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix == ".html":
+        text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    elif path.suffix == ".ipynb":
+        text = "\n".join(cell.source for cell in nbformat.read(path, as_version=4).cells)
+    return text
+
+
+def _leaked(lines: list[str], files: list[Path]) -> list[str]:
+    return [f"{path.name}: {line!r}" for path in files for line in lines if line in _visible_text(path)]
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """A graded course: chapter 19.1 released, every simulated student autograded, feedback and CSV written."""
+    source_path = ROOT / "solutions" / CHAPTER
+    notebooks = sorted(source_path.glob("*.ipynb"))
+    assert notebooks, f"no instructor notebook in solutions/{CHAPTER}/: the grading test needs chapter 19.1"
+    assert (source_path / "wrong_answers.json").is_file(), f"solutions/{CHAPTER}/wrong_answers.json is missing"
+
+    root = nbgrader_course.make_course_folder(tmp_path_factory.mktemp("course") / "course")
+    with open(root / nbgrader_course.CONFIG_NAME, "a", encoding="utf-8") as config:
+        config.write(f"\nc.Execute.timeout = {CELL_TIMEOUT_S}  # added by tests/test_grading.py\n")
+    release = nbgrader_course.generate_release(root, [CHAPTER])
+
+    name = notebooks[0].name
+    source = nbformat.read(root / "solutions" / CHAPTER / name, as_version=4)
+    student_nb = nbformat.read(release / CHAPTER / name, as_version=4)
+    exercises = _exercises(source)
+    wrong_answers = json.loads((source_path / "wrong_answers.json").read_text())
+    ids = list(exercises)
+    full = {ex: info["points"] for ex, info in exercises.items()}
+
+    def with_solutions(**replaced: str):
+        notebook = copy.deepcopy(student_nb)
+        for ex in ids:
+            notebook.cells[_cell_index(notebook, ex)].source = replaced.get(ex, source.cells[_cell_index(source, ex)].source)
+        return notebook
+
+    students: dict[str, tuple] = {}  # student -> (notebook, expected points per exercise)
+    students["reference"] = (with_solutions(), full)
+    students["untouched"] = (copy.deepcopy(student_nb), {ex: 0.0 for ex in ids})
+    for ex in ids:
+        assert wrong_answers.get(ex), f"wrong_answers.json has no wrong answer for exercise {ex!r}"
+        students[f"wrong-{ex}"] = (with_solutions(**{ex: wrong_answers[ex][0]}), {**full, ex: 0.0})
+    # Two failures in one notebook: the rest of it must still be graded.
+    students["raises-and-loops"] = (
+        with_solutions(**{ids[0]: 'raise RuntimeError("a bug in my code")', ids[1]: "while True:\n    pass"}),
+        {**full, ids[0]: 0.0, ids[1]: 0.0},
+    )
+    tampered = with_solutions()  # tests edited and deleted: nbgrader restores both
+    tampered.cells[_cell_index(tampered, exercises[ids[0]]["tests"][0])].source = 'print("all tests passed")'
+    del tampered.cells[_cell_index(tampered, exercises[ids[1]]["tests"][0])]
+    students["tampered-tests"] = (tampered, full)
+    # Early in the notebook, so that the crash costs little time.
+    students["kernel-crash"] = (with_solutions(**{ids[0]: "import os\nos._exit(1)"}), {ex: 0.0 for ex in ids})
+
+    for student, (notebook, _) in students.items():
+        folder = root / "submitted" / student / CHAPTER
+        folder.mkdir(parents=True)
+        nbformat.write(notebook, folder / name)
+
+    env = {"COURSE_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
+    saved = {key: os.environ.get(key) for key in (*env, "COURSE_PROFILE")}
+    os.environ.update(env)
+    os.environ.pop("COURSE_PROFILE", None)  # the smoke profile must be chosen by nbgrader's presence alone
+    try:
+        started = time.perf_counter()
+        result = nbgrader_course.grade(root, CHAPTER)
+        seconds = time.perf_counter() - started
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    print(f"\ngraded {len(students)} submissions of {CHAPTER} in {seconds:.0f} s "
+          f"({seconds / len(students):.1f} s per submission, autograde + feedback + export)")
+    visible = {line.strip() for cell in student_nb.cells for line in cell.source.splitlines()}
+    hidden = [line for cell in source.cells for line in _hidden_lines(cell.source) if line not in visible]
+    return dict(root=root, name=name, source=source, exercises=exercises, students=students,
+                result=result, seconds=seconds, hidden=hidden)
+
+
+def _scores(course, student: str) -> dict[str, float]:
+    with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
+        submitted = gradebook.find_submission_notebook(course["name"].removesuffix(".ipynb"), CHAPTER, student)
+        by_test = {grade.name: grade.score for grade in submitted.grades}
+    return {ex: sum(by_test[test] for test in info["tests"]) for ex, info in course["exercises"].items()}
+
+
+STUDENTS = ["reference", "untouched", "raises-and-loops", "tampered-tests", "kernel-crash"]
+
+
+@pytest.mark.parametrize("student", STUDENTS)
+def test_student_gets_expected_score(course, student):
+    _, expected = course["students"][student]
+    assert _scores(course, student) == expected
+
+
+def test_each_wrong_answer_loses_exactly_its_exercise(course):
+    wrong = [s for s in course["students"] if s.startswith("wrong-")]
+    assert len(wrong) == len(course["exercises"]) >= 3
+    for student in wrong:
+        assert _scores(course, student) == course["students"][student][1], student
+
+
+def test_kernel_crash_is_reported_and_flagged_for_manual_grading(course):
+    assert course["result"].failed_students == ["kernel-crash"]
+    with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
+        crashed = gradebook.find_submission(CHAPTER, "kernel-crash")
+        assert crashed.score == 0 and crashed.needs_manual_grade
+        assert not gradebook.find_submission(CHAPTER, "reference").needs_manual_grade
+
+
+def test_autograding_runs_in_the_smoke_profile(course):
+    autograded = course["root"] / "autograded" / "reference" / CHAPTER / course["name"]
+    outputs = json.dumps(nbformat.read(autograded, as_version=4).cells[1].get("outputs", []))
+    assert "profile   smoke (running under nbgrader" in outputs
+
+
+def test_grading_is_fast_enough(course):
+    per_submission = course["seconds"] / len(course["students"])
+    assert per_submission < SECONDS_PER_SUBMISSION_LIMIT, f"{per_submission:.0f} s per submission"
+
+
+def test_feedback_and_lessons_do_not_show_hidden_tests(course):
+    hidden = course["hidden"]
+    assert len(hidden) >= 3, "the chapter should have hidden tests"
+    feedback = sorted((course["root"] / "feedback").glob(f"*/{CHAPTER}/*.html"))
+    assert {path.parts[-3] for path in feedback} == set(course["students"]) - {"kernel-crash"}
+    lessons = sorted((ROOT / "lessons" / CHAPTER).glob("*")) + sorted((course["root"] / "lessons" / CHAPTER).glob("*"))
+    assert [p.name for p in lessons if p.name == "wrong_answers.json"] == []
+    assert _leaked(hidden, feedback + lessons) == []
+
+
+def test_hidden_test_check_would_catch_nbgrader_default_feedback(course):
+    # Proof that the check above can fail: nbgrader's default feedback shows the hidden tests.
+    nbgrader_course.run_nbgrader(
+        course["root"], "generate_feedback", CHAPTER, "--force", "--student=wrong-" + next(iter(course["exercises"])),
+        "--CourseDirectory.feedback_directory=feedback_default",
+        "--GenerateFeedback.preprocessors=nbgrader.preprocessors.GetGrades",
+        "--GenerateFeedback.preprocessors=nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+    )
+    assert _leaked(course["hidden"], sorted((course["root"] / "feedback_default").rglob("*.html")))
+
+
+def test_csv_has_one_row_per_student_with_their_score(course):
+    with open(course["result"].csv_path, newline="", encoding="utf-8") as handle:
+        rows = {row["student_id"]: row for row in csv.DictReader(handle) if row["assignment"] == CHAPTER}
+    assert set(rows) == set(course["students"])
+    max_score = sum(info["points"] for info in course["exercises"].values())
+    for student, (_, expected) in course["students"].items():
+        assert float(rows[student]["score"]) == pytest.approx(sum(expected.values())), student
+        assert float(rows[student]["max_score"]) == pytest.approx(max_score)
+
+
+def test_grade_without_submissions_says_where_to_put_them(tmp_path):
+    nbgrader_course.make_course_folder(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match=r"submitted.*<student>"):
+        nbgrader_course.grade(tmp_path / "empty", CHAPTER)

@@ -1,0 +1,236 @@
+"""Prepare the book's generated inputs: chapter notebooks from ``solutions/`` and offline MathJax.
+
+Run by ``make book`` and by ``tests/test_book.py`` before ``jupyter-book build``::
+
+    python tools/book_notebooks.py                          # full edition (solutions behind a toggle)
+    python tools/book_notebooks.py --edition no-solutions   # solution code removed, outputs kept
+
+What it writes (both are generated, gitignored, and rewritten on every run):
+
+``book/notebooks/<assignment>.ipynb``
+    one per ``solutions/<assignment>/*.ipynb`` (``<assignment>-<name>.ipynb`` when an assignment
+    has several notebooks). The instructor notebook is turned into a reader's page: hidden-test
+    regions are deleted, the solution markers are deleted, solution cells are collapsed behind a
+    "show code" toggle (myst-nb tag ``hide-input``) so a reader can try first and then look, or,
+    in the ``no-solutions`` edition, their code is dropped from the page (tag ``remove-input``;
+    their outputs stay). nbgrader's metadata is stripped.
+
+``_build/mathjax/mathjax``
+    a link to (or copy of) MathJax 2.7 from the ``jupyter-server-mathjax`` package, so that math
+    renders without a network. ``_config.yml`` lists ``_build/mathjax`` in ``html_static_path``;
+    it must not live under ``_static/``, because Jupyter Book turns every ``.js`` file there
+    into a ``<script>`` tag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EDITIONS = ("full", "no-solutions")
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+# Text that only belongs in the students' version (nbgrader's stubs) or in the instructor's.
+FORBIDDEN_IN_BOOK = ("### BEGIN", "### END", "YOUR CODE HERE", "YOUR ANSWER HERE")
+
+
+def strip_hidden_tests(source: str, where: str = "cell") -> str:
+    """Delete every hidden-test region (the marker lines and everything between them)."""
+    kept: list[str] = []
+    inside = False
+    for line in source.splitlines(keepends=True):
+        marker = line.strip()
+        if marker.startswith(BEGIN_HIDDEN):
+            if inside:
+                raise ValueError(f"{where}: nested {BEGIN_HIDDEN!r}; close the first region with {END_HIDDEN!r}.")
+            inside = True
+        elif marker.startswith(END_HIDDEN):
+            if not inside:
+                raise ValueError(f"{where}: {END_HIDDEN!r} without a {BEGIN_HIDDEN!r} before it; add or remove a marker.")
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if inside:
+        raise ValueError(f"{where}: {BEGIN_HIDDEN!r} is never closed; add a {END_HIDDEN!r} line after the hidden tests.")
+    return "".join(kept)
+
+
+def strip_solution_markers(source: str, where: str = "cell") -> str:
+    """Delete the ``### BEGIN/END SOLUTION`` marker lines and keep the solution between them."""
+    kept: list[str] = []
+    inside = False
+    for line in source.splitlines(keepends=True):
+        marker = line.strip()
+        if marker.startswith(BEGIN_SOLUTION):
+            if inside:
+                raise ValueError(f"{where}: nested {BEGIN_SOLUTION!r}; close the first with {END_SOLUTION!r}.")
+            inside = True
+        elif marker.startswith(END_SOLUTION):
+            if not inside:
+                raise ValueError(f"{where}: {END_SOLUTION!r} without a {BEGIN_SOLUTION!r} before it; add or remove a marker.")
+            inside = False
+        else:
+            kept.append(line)
+    if inside:
+        raise ValueError(f"{where}: {BEGIN_SOLUTION!r} is never closed; add a {END_SOLUTION!r} line.")
+    return "".join(kept)
+
+
+def _add_tag(cell: dict, tag: str) -> None:
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if tag not in tags:
+        tags.append(tag)
+
+
+def book_cell(cell: dict, edition: str, where: str = "cell") -> dict | None:
+    """Return the reader's version of one instructor cell, or None when nothing of it is left.
+
+    Code solution cells get the tag ``hide-input`` (full edition) or ``remove-input``
+    (no-solutions); a markdown solution (a written answer) goes into a collapsed "Solution"
+    dropdown, or is left out in the no-solutions edition.
+    """
+    if edition not in EDITIONS:
+        raise ValueError(f"Unknown edition {edition!r}: use one of {', '.join(EDITIONS)}.")
+    cell = copy.deepcopy(cell)
+    nbgrader = cell.get("metadata", {}).pop("nbgrader", {})
+    source = cell.get("source", "")
+    if isinstance(source, list):
+        source = "".join(source)
+    source = strip_solution_markers(strip_hidden_tests(source, where), where)
+    is_solution = bool(nbgrader.get("solution"))
+    if cell.get("cell_type") == "code":
+        # A test cell whose tests were all hidden has nothing left for the reader.
+        if not source.strip() and nbgrader.get("grade") and not is_solution:
+            return None
+        if is_solution:
+            _add_tag(cell, "hide-input" if edition == "full" else "remove-input")
+    elif cell.get("cell_type") == "markdown" and is_solution:
+        if edition == "no-solutions":
+            return None
+        source = f":::{{admonition}} Solution\n:class: dropdown\n\n{source.strip()}\n:::\n"
+    for text in FORBIDDEN_IN_BOOK:
+        if text in source:
+            raise ValueError(
+                f"{where}: {text!r} is still in the cell after conversion. Solutions notebooks must mark "
+                f"solutions with {BEGIN_SOLUTION!r}/{END_SOLUTION!r} and hidden tests with "
+                f"{BEGIN_HIDDEN!r}/{END_HIDDEN!r} on lines of their own; fix the cell in solutions/."
+            )
+    cell["source"] = source
+    return cell
+
+
+def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook") -> dict:
+    """Return the reader's version of an instructor (nbgrader source) notebook, as nbformat JSON."""
+    if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
+        raise ValueError(f"{name}: not a Jupyter notebook (no 'cells' list); is the file an .ipynb saved by Jupyter?")
+    result = copy.deepcopy(notebook)
+    result.get("metadata", {}).pop("nbgrader", None)
+    cells = []
+    for index, cell in enumerate(notebook["cells"]):
+        converted = book_cell(cell, edition, where=f"{name}, cell {index}")
+        if converted is not None:
+            cells.append(converted)
+    result["cells"] = cells
+    return result
+
+
+def notebook_targets(solutions_dir: Path, out_dir: Path) -> list[tuple[Path, Path]]:
+    """Pair every ``solutions/<assignment>/*.ipynb`` with the book notebook it becomes."""
+    solutions_dir = Path(solutions_dir)
+    if not solutions_dir.is_dir():
+        raise FileNotFoundError(f"No solutions folder at {solutions_dir}: run from the repository root or pass --solutions.")
+    pairs = []
+    for assignment in sorted(p for p in solutions_dir.iterdir() if p.is_dir()):
+        sources = sorted(p for p in assignment.glob("*.ipynb"))
+        for source in sources:
+            stem = assignment.name if len(sources) == 1 else f"{assignment.name}-{source.stem}"
+            pairs.append((source, Path(out_dir) / f"{stem}.ipynb"))
+    return pairs
+
+
+def write_book_notebooks(solutions_dir: Path, out_dir: Path, edition: str = "full") -> list[Path]:
+    """Write the book's notebooks from the solutions notebooks; return the files written.
+
+    ``out_dir`` is generated: old notebooks in it are deleted first, so a renamed assignment does
+    not leave a stale page behind.
+    """
+    if edition not in EDITIONS:
+        raise ValueError(f"Unknown edition {edition!r}: use one of {', '.join(EDITIONS)}.")
+    pairs = notebook_targets(solutions_dir, out_dir)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("*.ipynb"):
+        stale.unlink()
+    written = []
+    for source, target in pairs:
+        try:
+            notebook = json.loads(source.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{source} is not valid notebook JSON ({error}); open and re-save it in Jupyter.") from error
+        result = book_notebook(notebook, edition, name=str(source))
+        target.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(target)
+    return written
+
+
+def mathjax_source() -> Path:
+    """The MathJax 2.7 tree shipped by the ``jupyter-server-mathjax`` package."""
+    try:
+        import jupyter_server_mathjax
+    except ImportError as error:
+        raise ImportError(
+            "The book serves MathJax from the package jupyter-server-mathjax, which is not installed: "
+            "run `make venv` (or `pip install -c requirements/constraints.txt jupyter-server-mathjax`)."
+        ) from error
+    static = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (static / "MathJax.js").is_file():
+        raise FileNotFoundError(f"{static / 'MathJax.js'} is missing: reinstall jupyter-server-mathjax.")
+    return static
+
+
+def install_mathjax(build_dir: Path) -> Path:
+    """Make ``<build_dir>/mathjax/mathjax`` point at MathJax; return that path.
+
+    A symbolic link avoids copying 600 files on every build; where links are not allowed
+    (Windows without developer mode) the tree is copied instead, which Sphinx serves the same way.
+    """
+    target = Path(build_dir) / "mathjax" / "mathjax"
+    source = mathjax_source()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    try:
+        target.symlink_to(source, target_is_directory=True)
+    except OSError:
+        shutil.copytree(source, target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--edition", choices=EDITIONS, default="full", help="full (default) or no-solutions")
+    parser.add_argument("--root", type=Path, default=REPO_ROOT,
+                        help="book root holding _config.yml (default: this repository)")
+    parser.add_argument("--solutions", type=Path, default=None,
+                        help="instructor notebooks folder (default: <root>/solutions)")
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    solutions = args.solutions if args.solutions is not None else root / "solutions"
+    written = write_book_notebooks(solutions, root / "book" / "notebooks", args.edition)
+    mathjax = install_mathjax(root / "_build")
+    for path in written:
+        print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path} ({args.edition} edition)")
+    print(f"MathJax for the book: {mathjax} -> {mathjax.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
