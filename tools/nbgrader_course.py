@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -50,8 +51,12 @@ def run_nbgrader(course_root: Path, *args: str, check: bool = True) -> subproces
     course_root = Path(course_root)
     if not (course_root / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{course_root} has no {CONFIG_NAME}: run nbgrader from the course's root folder.")
+    executable = nbgrader_executable()
+    # nbgrader starts further programs of its environment (alembic for the gradebook, the
+    # kernel): put that environment's bin folder first, even when it is not activated.
+    path = os.pathsep.join([str(Path(executable).parent), os.environ.get("PATH", "")])
     result = subprocess.run(
-        [nbgrader_executable(), *args], cwd=course_root, capture_output=True, text=True
+        [executable, *args], cwd=course_root, capture_output=True, text=True, env=dict(os.environ, PATH=path)
     )
     if check and result.returncode != 0:
         raise RuntimeError(
