@@ -4,7 +4,9 @@
 2. the shipped source model's held-out accuracy, per domain;
 3. how fast features are extracted from the backbone;
 4. the per-epoch speed-up of training a linear head on cached features over running the frozen
-   backbone in every epoch (the reason chapter 19.2 caches features).
+   backbone in every epoch (the reason chapter 19.2 caches features);
+5. chapter 19.1's headline: linear-probe accuracy on the target classes from each stage,
+   pretrained weights against random ones.
 
 Nothing here is a pass/fail test: targets are printed next to the measured figures.
 """
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from course_lib.features import FeatureCache, extract_features, feature_loader
 from course_lib.models import load_backbone
+from course_lib.representations import transferability_curve
 from course_lib.training import evaluate
 from course_lib.world import DOMAINS, TARGET_CLASSES, ShapeWorld, world_generation_speed
 
@@ -82,12 +85,30 @@ def bench_features(train_per_class: int) -> dict[str, float]:
     }
 
 
+def bench_transferability(train_per_class: int, test_per_class: int, seeds: int) -> dict[str, tuple[float, float, float]]:
+    """Chapter 19.1's curve: per stage, (pretrained accuracy, mean and std over random inits)."""
+    train = ShapeWorld("target", n_per_class=train_per_class, seed=0, progress=False)
+    test = ShapeWorld("target", n_per_class=test_per_class, seed=1, progress=False)
+    pretrained = transferability_curve(load_backbone("course-resnet"), train, test)
+    random_curves = []
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        random_curves.append(transferability_curve(load_backbone("course-resnet", pretrained=False), train, test))
+    curve = {}
+    for stage, accuracy in pretrained.items():
+        random_accuracy = torch.tensor([c[stage] for c in random_curves])
+        spread = random_accuracy.std().item() if seeds > 1 else 0.0
+        curve[stage] = (accuracy, random_accuracy.mean().item(), spread)
+    return curve
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print its figures (``python -m course_lib.bench``)."""
     parser = argparse.ArgumentParser(description="Print the course's benchmark figures.")
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
     args = parser.parse_args(argv)
     world_n, test_per_class, train_per_class = (200, 5, 10) if args.quick else (4000, 100, 200)
+    probe_train, probe_test, probe_seeds = (4, 4, 1) if args.quick else (50, 30, 3)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("world generation, 64x64, one thread, images/s (target >= 2,000):")
@@ -103,6 +124,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{figures['backbone_epoch_s'] * 1000:.0f} ms running the frozen backbone: "
         f"{figures['speedup']:.0f}x faster with the cache"
     )
+    print(
+        f"chapter 19.1, linear probe on the 10 target classes ({probe_train} train / {probe_test} test "
+        f"images per class), pretrained vs {probe_seeds} random init(s):"
+    )
+    curve = bench_transferability(probe_train, probe_test, probe_seeds)
+    for stage, (pretrained, random_mean, random_std) in curve.items():
+        print(f"  {stage:8s} pretrained {pretrained:7.1%}   random {random_mean:6.1%} ± {random_std:.1%}")
+    gaps = {stage: pretrained - random_mean for stage, (pretrained, random_mean, _) in curve.items()}
+    print(f"  smallest gap {min(gaps.values()) * 100:+.1f} points; biggest at {max(gaps, key=gaps.get)}")
     return 0
 
 

@@ -14,3 +14,5 @@ def test_quick_benchmark_prints_every_figure(monkeypatch, tmp_path, capsys):
     assert re.search(r"studio\s+\d+\.\d\d%", out)
     assert re.search(r"feature extraction \(\d+ target images\): [\d,]+ images/s", out)
     assert re.search(r"\d+x faster with the cache", out)
+    assert re.search(r"stage4\s+pretrained\s+\d+\.\d%\s+random\s+\d+\.\d% ± \d+\.\d%", out)
+    assert "smallest gap" in out
