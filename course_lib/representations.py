@@ -308,13 +308,7 @@ def linear_probe_accuracy(
     test_features = _check_probe_features(test_features, "test_features")
     train_labels = _check_probe_labels(train_labels, train_features, "train_labels", "train_features")
     test_labels = _check_probe_labels(test_labels, test_features, "test_labels", "test_features")
-    if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(
-            f"train_features have {train_features.shape[1]} columns but test_features have {test_features.shape[1]}: "
-            "extract both from the same layer with the same pooling."
-        )
-    if train_features.device != test_features.device:
-        raise ValueError(f"train_features are on {train_features.device} but test_features on {test_features.device}; move both to one device.")
+    _check_same_feature_space(train_features, test_features, "train_features", "test_features")
     unseen = sorted(set(test_labels.tolist()) - set(train_labels.tolist()))
     if unseen:
         raise ValueError(
@@ -362,6 +356,17 @@ def _train_linear_classifier(
                 loss.backward()
                 optimizer.step()
     return weight.detach(), bias.detach()
+
+
+def _check_same_feature_space(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Two feature matrices must come from the same layer (same width) and sit on one device."""
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(
+            f"{name_a} have {a.shape[1]} columns but {name_b} have {b.shape[1]}: "
+            "extract both from the same layer with the same pooling."
+        )
+    if a.device != b.device:
+        raise ValueError(f"{name_a} are on {a.device} but {name_b} on {b.device}; move both to one device.")
 
 
 def _check_probe_features(features: Any, name: str) -> torch.Tensor:
@@ -424,13 +429,7 @@ def nearest_neighbours(
     """
     query = _check_probe_features(query_features, "query_features")
     gallery = _check_probe_features(gallery_features, "gallery_features")
-    if query.shape[1] != gallery.shape[1]:
-        raise ValueError(
-            f"query_features have {query.shape[1]} columns but gallery_features have {gallery.shape[1]}: "
-            "extract both from the same layer with the same pooling."
-        )
-    if query.device != gallery.device:
-        raise ValueError(f"query_features are on {query.device} but gallery_features on {gallery.device}; move both to one device.")
+    _check_same_feature_space(query, gallery, "query_features", "gallery_features")
     if metric not in METRICS:
         raise ValueError(f"Unknown metric {metric!r}: use one of {METRICS}.")
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= len(gallery):

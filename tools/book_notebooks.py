@@ -40,46 +40,35 @@ BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 FORBIDDEN_IN_BOOK = ("### BEGIN", "### END", "YOUR CODE HERE", "YOUR ANSWER HERE")
 
 
-def strip_hidden_tests(source: str, where: str = "cell") -> str:
-    """Delete every hidden-test region (the marker lines and everything between them)."""
+def _strip_regions(source: str, begin: str, end: str, keep_inside: bool, where: str) -> str:
+    """Delete the ``begin``/``end`` marker lines; keep what lies between them only if ``keep_inside``."""
     kept: list[str] = []
     inside = False
     for line in source.splitlines(keepends=True):
         marker = line.strip()
-        if marker.startswith(BEGIN_HIDDEN):
+        if marker.startswith(begin):
             if inside:
-                raise ValueError(f"{where}: nested {BEGIN_HIDDEN!r}; close the first region with {END_HIDDEN!r}.")
+                raise ValueError(f"{where}: nested {begin!r}; close the first region with {end!r}.")
             inside = True
-        elif marker.startswith(END_HIDDEN):
+        elif marker.startswith(end):
             if not inside:
-                raise ValueError(f"{where}: {END_HIDDEN!r} without a {BEGIN_HIDDEN!r} before it; add or remove a marker.")
+                raise ValueError(f"{where}: {end!r} without a {begin!r} before it; add or remove a marker.")
             inside = False
-        elif not inside:
+        elif keep_inside or not inside:
             kept.append(line)
     if inside:
-        raise ValueError(f"{where}: {BEGIN_HIDDEN!r} is never closed; add a {END_HIDDEN!r} line after the hidden tests.")
+        raise ValueError(f"{where}: {begin!r} is never closed; add a {end!r} line after it.")
     return "".join(kept)
+
+
+def strip_hidden_tests(source: str, where: str = "cell") -> str:
+    """Delete every hidden-test region (the marker lines and everything between them)."""
+    return _strip_regions(source, BEGIN_HIDDEN, END_HIDDEN, keep_inside=False, where=where)
 
 
 def strip_solution_markers(source: str, where: str = "cell") -> str:
     """Delete the ``### BEGIN/END SOLUTION`` marker lines and keep the solution between them."""
-    kept: list[str] = []
-    inside = False
-    for line in source.splitlines(keepends=True):
-        marker = line.strip()
-        if marker.startswith(BEGIN_SOLUTION):
-            if inside:
-                raise ValueError(f"{where}: nested {BEGIN_SOLUTION!r}; close the first with {END_SOLUTION!r}.")
-            inside = True
-        elif marker.startswith(END_SOLUTION):
-            if not inside:
-                raise ValueError(f"{where}: {END_SOLUTION!r} without a {BEGIN_SOLUTION!r} before it; add or remove a marker.")
-            inside = False
-        else:
-            kept.append(line)
-    if inside:
-        raise ValueError(f"{where}: {BEGIN_SOLUTION!r} is never closed; add a {END_SOLUTION!r} line.")
-    return "".join(kept)
+    return _strip_regions(source, BEGIN_SOLUTION, END_SOLUTION, keep_inside=True, where=where)
 
 
 def _add_tag(cell: dict, tag: str) -> None:
