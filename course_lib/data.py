@@ -15,11 +15,16 @@ torchvision's own subfolders.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
+
+if TYPE_CHECKING:  # only for type hints: config imports nothing from here, but keep data light
+    from course_lib.config import CourseConfig
 
 REAL_DATASETS = ("mnist", "usps", "svhn", "cifar10", "cifar100", "omniglot")
 
@@ -152,12 +157,19 @@ class ToRGB:
         return "ToRGB()"
 
 
-def imagenet_transform(image_size: int = 224, *, train: bool = False):
+def imagenet_transform(
+    image_size: int = 224,
+    *,
+    train: bool = False,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+):
     """Preprocessing for ImageNet-pretrained backbones: 3 channels, ``image_size`` pixels, normalised.
 
     Evaluation (``train=False``): resize the short side to ``image_size * 256/224``, centre-crop.
     Training (``train=True``): random resized crop and horizontal flip, the standard augmentation
-    for fine-tuning (19.3). Both end with ToTensor and Normalize(IMAGENET_MEAN, IMAGENET_STD).
+    for fine-tuning (19.3). Both end with ToTensor and Normalize(mean, std); keep the defaults
+    (ImageNet's statistics) unless you are showing what other statistics do (19.2).
     """
     from torchvision import transforms
 
@@ -168,7 +180,7 @@ def imagenet_transform(image_size: int = 224, *, train: bool = False):
     else:
         resize = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
     return transforms.Compose(
-        [ToRGB(), *resize, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+        [ToRGB(), *resize, transforms.ToTensor(), transforms.Normalize(tuple(mean), tuple(std))]
     )
 
 
@@ -230,3 +242,78 @@ def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Su
         chosen.append(indices[torch.randperm(len(indices), generator=generator)[:n_per_class]])
     # Sorted so that the subset reads the underlying files in order (faster on disk).
     return Subset(dataset, torch.cat(chosen).sort().values.tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# The target task of a lesson, in every profile
+
+
+@dataclasses.dataclass(frozen=True)
+class LessonData:
+    """A lesson's target task: training and test images, class names, and how images were normalised."""
+
+    train: Dataset
+    test: Dataset
+    class_names: list[str]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    description: str
+
+    @property
+    def num_classes(self) -> int:
+        """How many classes the task has (the size of a new head for it)."""
+        return len(self.class_names)
+
+
+def lesson_data(
+    cfg: CourseConfig,
+    *,
+    domain: str = "studio",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> LessonData:
+    """The target task for ``cfg``'s profile: the one place where a lesson's data differs by profile.
+
+    - ``smoke`` / ``standard``: the 10 *target* shapes of the course's world (classes the source
+      model never saw) in ``domain``, ``cfg.train_per_class`` training images per class (seed 0)
+      and ``cfg.test_per_class`` test images per class (seed 1: never the same images).
+    - ``real``: ``cfg.dataset`` from ``cfg.data_dir``, resized for ImageNet backbones, with
+      class-balanced subsets of the same sizes (missing files raise an error saying where they go).
+
+    Images are normalised with the statistics the backbone was trained with, unless ``mean`` and
+    ``std`` say otherwise: chapter 19.2 uses that to measure what the wrong statistics cost.
+    Used by chapters 19.1 and 19.2.
+    """
+    from torchvision.transforms import Normalize
+
+    from course_lib.world import TARGET_CLASSES, WORLD_MEAN, WORLD_STD, ShapeWorld
+
+    if (mean is None) != (std is None):
+        raise ValueError("Pass both mean and std (three numbers each, one per colour channel), or neither.")
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and (len(values) != 3 or not all(isinstance(v, (int, float)) for v in values)):
+            raise ValueError(f"{name} must be three numbers, one per colour channel (R, G, B), got {values!r}.")
+    if std is not None and min(std) <= 0:
+        raise ValueError(f"std must be positive (it divides the pixels), got {std!r}.")
+
+    if cfg.profile == "real":
+        mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
+        transform = imagenet_transform(cfg.image_size, mean=mean, std=std)
+        full_train = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=True, transform=transform)
+        full_test = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=False, transform=transform)
+        train = subset_per_class(full_train, cfg.train_per_class, seed=0)
+        test = subset_per_class(full_test, cfg.test_per_class, seed=1)
+        class_names = [str(name) for name in getattr(full_train, "classes", [])]
+        if not class_names:
+            class_names = [str(c) for c in range(int(dataset_targets(full_train).max()) + 1)]
+        description = f"{cfg.dataset} from {cfg.data_dir}"
+    else:
+        # ShapeWorld normalises with the world's statistics unless a transform replaces that.
+        transform = None if mean is None else Normalize(tuple(mean), tuple(std))
+        mean, std = tuple(mean or WORLD_MEAN), tuple(std or WORLD_STD)
+        world = dict(split="target", domain=domain, image_size=cfg.image_size, transform=transform, progress=False)
+        train = ShapeWorld(n_per_class=cfg.train_per_class, seed=0, **world)
+        test = ShapeWorld(n_per_class=cfg.test_per_class, seed=1, **world)
+        class_names = list(TARGET_CLASSES)
+        description = f"the {len(class_names)} target shapes of the course's world ({domain} domain)"
+    return LessonData(train, test, class_names, mean, std, description)

@@ -137,6 +137,15 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     return model
 
 
+def remove_head(model: nn.Module) -> nn.Module:
+    """Replace the classifier with ``nn.Identity()``, so that ``model(images)`` returns feature vectors (19.2).
+
+    Returns the same model, changed in place (``copy.deepcopy`` it first to keep the original).
+    """
+    setattr(model, _head_attribute(model), nn.Identity())
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
