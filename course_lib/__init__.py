@@ -11,6 +11,9 @@ Every notebook starts with ``cfg = course_lib.setup()``. The modules, one idea e
 - :mod:`course_lib.checkpoints` checkpoint-or-train: train once, then load
 - :mod:`course_lib.features` batched feature extraction with an on-disk cache
 - :mod:`course_lib.representations` probing what a network learned: activations, CKA, linear probes (19.1)
+- :mod:`course_lib.freezing` freezing a backbone for good: ``FrozenBackbone``, BatchNorm drift (19.2)
+- :mod:`course_lib.heads`    classifiers on frozen features: k-nearest neighbours, logistic regression (19.2)
+- :mod:`course_lib.experiments` data-efficiency curves over sizes and seeds, the from-scratch baseline (19.2)
 - :mod:`course_lib.plots`    image grids, curves, confusion matrices, embeddings
 - :mod:`course_lib.checks`   assertions with helpful messages for exercises
 - :mod:`course_lib.pretrain` the command that pretrains the source model (``python -m course_lib.pretrain``)

@@ -6,7 +6,9 @@
 4. the per-epoch speed-up of training a linear head on cached features over running the frozen
    backbone in every epoch (the reason chapter 19.2 caches features);
 5. chapter 19.1's headline: linear-probe accuracy on the target classes from each stage,
-   pretrained weights against random ones.
+   pretrained weights against random ones;
+6. chapter 19.2's headline: with few labelled images per class, frozen features and a linear
+   head (or k-NN) against the same architecture trained from scratch, over several draws.
 
 Nothing here is a pass/fail test: targets are printed next to the measured figures.
 """
@@ -14,17 +16,22 @@ Nothing here is a pass/fail test: targets are printed next to the measured figur
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import tempfile
 import time
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
+from course_lib.experiments import data_efficiency_curve, scratch_accuracy
 from course_lib.features import FeatureCache, extract_features, feature_loader
-from course_lib.models import load_backbone
-from course_lib.representations import transferability_curve
+from course_lib.freezing import FrozenBackbone
+from course_lib.heads import knn_accuracy
+from course_lib.models import load_backbone, replace_head
+from course_lib.representations import linear_probe_accuracy, transferability_curve
 from course_lib.training import evaluate
 from course_lib.world import DOMAINS, TARGET_CLASSES, ShapeWorld, world_generation_speed
 
@@ -49,15 +56,13 @@ def bench_source_accuracy(test_per_class: int) -> dict[str, float]:
     return accuracy
 
 
-def _time_epoch(head: nn.Module, loader: DataLoader, backbone: nn.Module | None) -> float:
-    """Seconds for one training epoch of ``head``; with a backbone, it runs frozen on every batch."""
-    optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+def _time_epoch(model: nn.Module, loader: DataLoader) -> float:
+    """Seconds for one training epoch of ``model`` (SGD on its trainable parameters) over ``loader``."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
     started = time.perf_counter()
     for inputs, labels in loader:
-        if backbone is not None:
-            with torch.no_grad():
-                inputs = backbone.forward_features(inputs)
-        loss = nn.functional.cross_entropy(head(inputs), labels)
+        loss = nn.functional.cross_entropy(model(inputs), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -65,22 +70,27 @@ def _time_epoch(head: nn.Module, loader: DataLoader, backbone: nn.Module | None)
 
 
 def bench_features(train_per_class: int) -> dict[str, float]:
-    """Feature-extraction speed and the per-epoch time of a head with and without caching."""
+    """Feature-extraction speed and the per-epoch time of (a) a head on cached features, (b) a head
+    on the frozen backbone run every epoch, (c) full training (chapter 19.2's cost comparison)."""
     backbone = load_backbone("course-resnet")
     images = ShapeWorld("target", n_per_class=train_per_class, seed=0, progress=False)
+    extractor = FrozenBackbone(backbone)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        features, labels = extract_features(backbone, images, layer="pool", cache=FeatureCache(folder), progress=False)
+        features, labels = extract_features(extractor, images, cache=FeatureCache(folder), progress=False)
         extraction_seconds = time.perf_counter() - started
-    head = nn.Linear(features.shape[1], len(TARGET_CLASSES))
-    cached_epoch = min(_time_epoch(head, feature_loader(features, labels, batch_size=128), None) for _ in range(3))
+    num_classes = len(TARGET_CLASSES)
     image_loader = DataLoader(images, batch_size=128, shuffle=True)
-    backbone_epoch = _time_epoch(head, image_loader, backbone)
+    cached_epoch = min(_time_epoch(nn.Linear(features.shape[1], num_classes), feature_loader(features, labels, batch_size=128))
+                       for _ in range(3))
+    backbone_epoch = _time_epoch(nn.Sequential(extractor, nn.Linear(features.shape[1], num_classes)), image_loader)
+    full_epoch = _time_epoch(replace_head(copy.deepcopy(backbone), num_classes), image_loader)
     return {
         "images": len(images),
         "extraction_images_per_s": len(images) / extraction_seconds,
         "cached_epoch_s": cached_epoch,
         "backbone_epoch_s": backbone_epoch,
+        "full_epoch_s": full_epoch,
         "speedup": backbone_epoch / cached_epoch,
     }
 
@@ -102,6 +112,32 @@ def bench_transferability(train_per_class: int, test_per_class: int, seeds: int)
     return curve
 
 
+def bench_data_efficiency(train_per_class: int, test_per_class: int, shots: list[int], seeds: int) -> dict[str, np.ndarray]:
+    """Chapter 19.2's curve: test accuracy ``{method: (len(shots), seeds)}`` on the 10 target classes
+    for training from scratch, frozen features + linear head, and frozen features + k-NN."""
+    train = ShapeWorld("target", n_per_class=train_per_class, seed=0, progress=False)
+    test = ShapeWorld("target", n_per_class=test_per_class, seed=1, progress=False)
+    extractor = FrozenBackbone(load_backbone("course-resnet"))
+    train_features, train_labels = extract_features(extractor, train, progress=False)
+    test_features, test_labels = extract_features(extractor, test, progress=False)
+    num_classes = len(TARGET_CLASSES)
+
+    def from_scratch(indices: torch.Tensor, seed: int) -> float:
+        def new_model() -> nn.Module:
+            return replace_head(load_backbone("course-resnet", pretrained=False), num_classes)
+        return scratch_accuracy(new_model, Subset(train, indices.tolist()), test, seed=seed)
+
+    def frozen_linear(indices: torch.Tensor, seed: int) -> float:
+        return linear_probe_accuracy(train_features[indices], train_labels[indices], test_features, test_labels, seed=seed)
+
+    def frozen_knn(indices: torch.Tensor, seed: int) -> float:
+        k = min(5, len(indices) // num_classes)
+        return knn_accuracy(train_features[indices], train_labels[indices], test_features, test_labels, k=k)
+
+    methods = {"from scratch": from_scratch, "frozen + linear head": frozen_linear, "frozen + k-NN": frozen_knn}
+    return data_efficiency_curve(methods, train_labels, shots, seeds=seeds, progress=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print its figures (``python -m course_lib.bench``)."""
     parser = argparse.ArgumentParser(description="Print the course's benchmark figures.")
@@ -109,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     world_n, test_per_class, train_per_class = (200, 5, 10) if args.quick else (4000, 100, 200)
     probe_train, probe_test, probe_seeds = (4, 4, 1) if args.quick else (50, 30, 3)
+    shots, efficiency_seeds = ([1, 2], 1) if args.quick else ([1, 2, 5, 10], 3)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("world generation, 64x64, one thread, images/s (target >= 2,000):")
@@ -120,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     figures = bench_features(train_per_class)
     print(f"feature extraction ({figures['images']} target images): {figures['extraction_images_per_s']:,.0f} images/s")
     print(
-        f"one epoch of a linear head: {figures['cached_epoch_s'] * 1000:.1f} ms on cached features, "
-        f"{figures['backbone_epoch_s'] * 1000:.0f} ms running the frozen backbone: "
-        f"{figures['speedup']:.0f}x faster with the cache"
+        f"one training epoch over them (chapter 19.2): (a) linear head on cached features "
+        f"{figures['cached_epoch_s'] * 1000:.1f} ms, (b) head + frozen backbone {figures['backbone_epoch_s'] * 1000:.0f} ms, "
+        f"(c) full training {figures['full_epoch_s'] * 1000:.0f} ms: the cache is {figures['speedup']:.0f}x faster "
+        f"than (b) and {figures['full_epoch_s'] / figures['cached_epoch_s']:.0f}x faster than (c)"
     )
     print(
         f"chapter 19.1, linear probe on the 10 target classes ({probe_train} train / {probe_test} test "
@@ -133,6 +171,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {stage:8s} pretrained {pretrained:7.1%}   random {random_mean:6.1%} ± {random_std:.1%}")
     gaps = {stage: pretrained - random_mean for stage, (pretrained, random_mean, _) in curve.items()}
     print(f"  smallest gap {min(gaps.values()) * 100:+.1f} points; biggest at {max(gaps, key=gaps.get)}")
+    efficiency_train, efficiency_test = (max(shots), 4) if args.quick else (100, 50)
+    print(
+        f"chapter 19.2, data efficiency on the 10 target classes ({efficiency_test} test images per class, "
+        f"{efficiency_seeds} draw(s) per size; target: frozen beats scratch by >= 20 points at <= 10 per class):"
+    )
+    curve = bench_data_efficiency(efficiency_train, efficiency_test, shots, efficiency_seeds)
+    for row, n in enumerate(shots):
+        cells = "   ".join(f"{name} {acc[row].mean():6.1%} ± {acc[row].std():4.1%}" for name, acc in curve.items())
+        print(f"  {n:3d} per class   {cells}")
+    gap = curve["frozen + linear head"].mean(axis=1) - curve["from scratch"].mean(axis=1)
+    print(f"  frozen + linear head beats scratch by at least {gap.min() * 100:+.1f} points (at {shots[int(gap.argmin())]} per class)")
     return 0
 
 

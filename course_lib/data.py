@@ -16,6 +16,7 @@ torchvision's own subfolders.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -217,31 +218,47 @@ def dataset_targets(dataset: Dataset) -> torch.Tensor:
     return torch.tensor(labels, dtype=torch.long)
 
 
-def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Subset:
-    """A class-balanced :class:`~torch.utils.data.Subset`: ``n_per_class`` random examples of every class.
+def sample_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``n_per_class`` random examples of every class in ``labels``, sorted (19.2, 19.3, 19.5).
 
-    Used for the data-efficiency curves of 19.2/19.3 and the few-shot tasks of 19.5. The same
-    ``seed`` always picks the same examples. Raises ValueError if some class has too few examples.
+    The same ``seed`` always draws the same examples, so that every method in a comparison sees
+    the same labelled images. Raises ValueError if a class has fewer than ``n_per_class``.
     """
-    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(
+            "labels must be a 1-D int64 tensor of class indices (e.g. the labels from extract_features); "
+            "convert with torch.as_tensor(labels).long()."
+        )
+    # numbers.Integral accepts numpy ints; bool is excluded because True is an int to Python, not a count.
+    if not isinstance(n_per_class, numbers.Integral) or isinstance(n_per_class, bool) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}.")
-    targets = dataset_targets(dataset)
-    classes, counts = torch.unique(targets, return_counts=True)
-    too_small = [(int(c), int(n)) for c, n in zip(classes, counts) if n < n_per_class]
+    n_per_class = int(n_per_class)
+    if len(labels) == 0:
+        raise ValueError("labels is empty: pass the class labels of the whole training set.")
+    classes, counts = torch.unique(labels, return_counts=True)
+    too_small = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n < n_per_class]
     if too_small:
         listed = ", ".join(f"class {c} has {n}" for c, n in too_small[:5])
         raise ValueError(
-            f"Cannot take {n_per_class} examples per class: {listed}"
-            f"{' ...' if len(too_small) > 5 else ''}. "
+            f"Cannot draw {n_per_class} examples per class: {listed}{' ...' if len(too_small) > 5 else ''}. "
             f"Use n_per_class <= {int(counts.min())} (the size of the smallest class)."
         )
     generator = torch.Generator().manual_seed(seed)
-    chosen = []
-    for c in classes:
-        indices = torch.nonzero(targets == c).flatten()
-        chosen.append(indices[torch.randperm(len(indices), generator=generator)[:n_per_class]])
-    # Sorted so that the subset reads the underlying files in order (faster on disk).
-    return Subset(dataset, torch.cat(chosen).sort().values.tolist())
+    chosen = [
+        torch.nonzero(labels == c).flatten()[torch.randperm(n, generator=generator)[:n_per_class]]
+        for c, n in zip(classes.tolist(), counts.tolist())
+    ]
+    # Sorted so that a subset reads the underlying files in order (faster on disk).
+    return torch.cat(chosen).sort().values
+
+
+def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Subset:
+    """A class-balanced :class:`~torch.utils.data.Subset`: ``n_per_class`` random examples of every class.
+
+    The dataset form of :func:`sample_per_class` (same draw for the same seed). Used for the
+    ``real`` profile's training and test sets and the few-shot tasks of 19.5.
+    """
+    return Subset(dataset, sample_per_class(dataset_targets(dataset), n_per_class, seed=seed).tolist())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,45 +19,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from course_lib.data import sample_per_class
 from course_lib.training import evaluate, fit
 
+# sample_per_class lives in course_lib.data; it is imported here because the curve draws with it.
 __all__ = ["data_efficiency_curve", "sample_per_class", "scratch_accuracy", "scratch_epochs"]
 
 
 def _is_int(value: object) -> bool:
     """True for Python and numpy integers, False for bools (True is an int to Python, not a count)."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def sample_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> torch.Tensor:
-    """Indices of ``n_per_class`` random examples of every class in ``labels``, sorted (19.2, 19.3, 19.5).
-
-    The same ``seed`` always draws the same examples, so that every method in a comparison sees
-    the same labelled images. Raises ValueError if a class has fewer than ``n_per_class``.
-    """
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
-        raise TypeError(
-            "labels must be a 1-D int64 tensor of class indices (e.g. the labels from extract_features); "
-            "convert with torch.as_tensor(labels).long()."
-        )
-    if not _is_int(n_per_class) or n_per_class < 1:
-        raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}.")
-    n_per_class = int(n_per_class)
-    if len(labels) == 0:
-        raise ValueError("labels is empty: pass the class labels of the whole training set.")
-    classes, counts = torch.unique(labels, return_counts=True)
-    if int(counts.min()) < n_per_class:
-        smallest = int(classes[counts.argmin()])
-        raise ValueError(
-            f"Cannot draw {n_per_class} examples per class: class {smallest} has only {int(counts.min())}. "
-            f"Use n_per_class <= {int(counts.min())}."
-        )
-    generator = torch.Generator().manual_seed(seed)
-    chosen = [
-        torch.nonzero(labels == c).flatten()[torch.randperm(int(n), generator=generator)[:n_per_class]]
-        for c, n in zip(classes.tolist(), counts.tolist())
-    ]
-    return torch.cat(chosen).sort().values
 
 
 def data_efficiency_curve(

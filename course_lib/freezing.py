@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from course_lib.models import get_head
+from course_lib.models import get_head, remove_head
 
 __all__ = ["FrozenBackbone", "batchnorm_drift", "batchnorm_statistics", "freeze", "unfreeze"]
 
@@ -72,11 +72,8 @@ class FrozenBackbone(nn.Module):
                 f"{error} FrozenBackbone removes the classifier itself and reads feature_dim from it: pass the "
                 "whole pretrained model with its linear .head, .fc or .classifier still in place."
             ) from None
-        for name in ("head", "fc", "classifier"):
-            if getattr(backbone, name, None) is head:
-                setattr(backbone, name, nn.Identity())
         self.feature_dim = head.in_features
-        self.backbone = freeze(backbone).eval()
+        self.backbone = freeze(remove_head(backbone)).eval()
 
     def train(self, mode: bool = True) -> FrozenBackbone:
         # nn.Module.train() recurses into children; we undo that for the backbone on purpose.

@@ -110,7 +110,7 @@ def logistic_regression_accuracy(
     if len(classes) < 2:
         raise ValueError(
             f"logistic regression needs training examples of at least two classes, got classes {classes}. "
-            "Draw examples of every class, e.g. with course_lib.experiments.sample_per_class."
+            "Draw examples of every class, e.g. with course_lib.data.sample_per_class."
         )
     classifier = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
     classifier.fit(_numpy(train_features), _numpy(train_labels))

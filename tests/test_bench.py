@@ -13,6 +13,9 @@ def test_quick_benchmark_prints_every_figure(monkeypatch, tmp_path, capsys):
     assert re.search(r"night\s+[\d,]+\n", out)
     assert re.search(r"studio\s+\d+\.\d\d%", out)
     assert re.search(r"feature extraction \(\d+ target images\): [\d,]+ images/s", out)
-    assert re.search(r"\d+x faster with the cache", out)
+    assert re.search(r"the cache is \d+x faster than \(b\) and \d+x faster than \(c\)", out)
     assert re.search(r"stage4\s+pretrained\s+\d+\.\d%\s+random\s+\d+\.\d% ± \d+\.\d%", out)
     assert "smallest gap" in out
+    assert "chapter 19.2, data efficiency" in out
+    assert re.search(r"  1 per class   from scratch\s+\d+\.\d% ± \d+\.\d%   frozen \+ linear head", out)
+    assert re.search(r"beats scratch by at least [+-]\d+\.\d points \(at [12] per class\)", out)

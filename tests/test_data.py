@@ -6,21 +6,26 @@ import os
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from course_lib import data
+from course_lib.config import CourseConfig
 from course_lib.data import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     REAL_DATASETS,
     dataset_targets,
     imagenet_transform,
+    lesson_data,
     load_real_dataset,
+    sample_per_class,
     subset_per_class,
 )
+from course_lib.world import TARGET_CLASSES, WORLD_MEAN, WORLD_STD
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("COURSE_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
@@ -243,3 +248,132 @@ def test_subset_per_class_of_real_usps(shared_data):
     subset = subset_per_class(usps, 5, seed=0)
     assert len(subset) == 50
     assert torch.bincount(torch.tensor([usps[i][1] for i in subset.indices])).tolist() == [5] * 10
+
+
+# --- sample_per_class --------------------------------------------------------------------------
+
+# 3 classes with 10, 7 and 5 examples, interleaved as in a real dataset.
+LABELS = torch.tensor([0, 1, 2] * 5 + [0, 1] * 2 + [0] * 3)
+
+
+@pytest.mark.parametrize("n", [1, 3, 5])
+def test_sample_per_class_draws_n_distinct_examples_of_every_class_sorted(n):
+    indices = sample_per_class(LABELS, n, seed=0)
+    assert indices.dtype == torch.int64 and len(indices) == 3 * n
+    assert torch.equal(indices, indices.sort().values) and len(indices.unique()) == len(indices)
+    assert torch.bincount(LABELS[indices], minlength=3).tolist() == [n, n, n]
+
+
+def test_sample_per_class_is_deterministic_per_seed_and_varies_with_it():
+    labels = torch.arange(300) % 3
+    draws = [sample_per_class(labels, 5, seed=seed) for seed in range(4)]
+    assert torch.equal(draws[0], sample_per_class(labels, 5, seed=0))
+    assert len({tuple(draw.tolist()) for draw in draws}) == 4
+    # Not just the first examples of each class.
+    assert not torch.equal(draws[0], torch.cat([torch.nonzero(labels == c).flatten()[:5] for c in range(3)]).sort().values)
+
+
+def test_sample_per_class_takes_every_example_when_n_is_the_class_size():
+    assert torch.equal(sample_per_class(torch.tensor([1, 0, 0, 1]), 2, seed=3), torch.arange(4))
+
+
+def test_sample_per_class_accepts_numpy_ints():
+    assert torch.equal(sample_per_class(LABELS, np.int64(2), seed=1), sample_per_class(LABELS, 2, seed=1))
+
+
+def test_a_class_with_too_few_examples_is_named():
+    with pytest.raises(ValueError, match=r"Cannot draw 6 examples per class: class 2 has 5\. Use n_per_class <= 5"):
+        sample_per_class(LABELS, 6)
+
+
+@pytest.mark.parametrize(
+    "labels, n, error, message",
+    [
+        (LABELS.float(), 2, TypeError, r"1-D int64.*\.long\(\)"),
+        (LABELS.view(2, -1), 2, TypeError, "1-D int64"),
+        (LABELS.tolist(), 2, TypeError, "1-D int64"),
+        (LABELS, 0, ValueError, "positive int, got 0"),
+        (LABELS, 2.0, ValueError, "positive int, got 2.0"),
+        (LABELS, True, ValueError, "positive int, got True"),
+        (torch.zeros(0, dtype=torch.long), 1, ValueError, "labels is empty"),
+    ],
+)
+def test_sample_per_class_bad_inputs(labels, n, error, message):
+    with pytest.raises(error, match=message):
+        sample_per_class(labels, n)
+
+
+# --- lesson_data -------------------------------------------------------------------------------
+
+
+def _config(profile: str, **changes) -> CourseConfig:
+    """A small CourseConfig without calling setup() (which seeds and sets thread counts)."""
+    settings = dict(
+        profile=profile, profile_reason="test", device=torch.device("cpu"), seed=0,
+        data_dir=SHARED_DATA, cache_dir=Path("unused"), image_size=32, train_per_class=3,
+        test_per_class=2, epochs=1, batch_size=8, num_seeds=1,
+        dataset="shapeworld" if profile != "real" else "mnist",
+        backbone="course-resnet" if profile != "real" else "resnet18",
+    )
+    return CourseConfig(**{**settings, **changes})
+
+
+def test_lesson_data_offline_is_the_target_classes_with_disjoint_seeds():
+    task = lesson_data(_config("smoke"))
+    assert task.class_names == list(TARGET_CLASSES) and task.num_classes == 10
+    assert (len(task.train), len(task.test)) == (30, 20)
+    assert (task.mean, task.std) == (tuple(WORLD_MEAN), tuple(WORLD_STD))
+    image, label = task.train[0]
+    assert image.shape == (3, 32, 32) and isinstance(label, int)
+    # Seed 0 for training and seed 1 for testing: no test image is a training image.
+    train_images = torch.stack([task.train[i][0] for i in range(len(task.train))])
+    test_images = torch.stack([task.test[i][0] for i in range(len(task.test))])
+    assert torch.cdist(test_images.flatten(1), train_images.flatten(1)).min() > 0
+    assert "target shapes" in task.description and "studio" in task.description
+
+
+def test_lesson_data_domain_changes_the_images():
+    studio = lesson_data(_config("smoke"), domain="studio").train[0][0]
+    night = lesson_data(_config("smoke"), domain="night")
+    assert "night" in night.description and not torch.allclose(studio, night.train[0][0])
+
+
+def test_lesson_data_other_statistics_renormalise_the_same_pixels():
+    right = lesson_data(_config("smoke"))
+    wrong = lesson_data(_config("smoke"), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert (wrong.mean, wrong.std) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+    right_image, wrong_image = right.train[0][0], wrong.train[0][0]
+    # Undo each normalisation: both must give back the same pixels in [0, 1].
+    as_pixels = lambda image, mean, std: image * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    assert torch.allclose(as_pixels(right_image, right.mean, right.std), as_pixels(wrong_image, wrong.mean, wrong.std), atol=1e-5)
+    assert not torch.allclose(right_image, wrong_image)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(mean=(0.5, 0.5, 0.5)), "both mean and std"),
+        (dict(std=(0.5, 0.5, 0.5)), "both mean and std"),
+        (dict(mean=(0.5, 0.5), std=(0.5, 0.5, 0.5)), "mean must be three numbers"),
+        (dict(mean=(0.5, 0.5, 0.5), std=("a", 0.5, 0.5)), "std must be three numbers"),
+        (dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.0, 0.5)), "std must be positive"),
+    ],
+)
+def test_lesson_data_rejects_bad_statistics(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lesson_data(_config("smoke"), **kwargs)
+
+
+def test_lesson_data_real_profile_uses_balanced_subsets_of_the_dataset(shared_data):
+    task = lesson_data(_config("real", data_dir=shared_data))
+    assert (len(task.train), len(task.test)) == (30, 20)
+    assert task.num_classes == 10 and task.class_names[0].startswith("0")
+    image, _ = task.train[0]
+    assert image.shape == (3, 32, 32)  # MNIST's grey digits become 3-channel images for ImageNet backbones
+    assert torch.bincount(dataset_targets(task.train), minlength=10).tolist() == [3] * 10
+    assert (task.mean, task.std) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
+
+
+def test_lesson_data_real_profile_without_files_says_where_they_go(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        lesson_data(_config("real", data_dir=tmp_path))

@@ -116,3 +116,17 @@ def test_timm_backbone_from_the_hugging_face_cache_layout(tmp_path, monkeypatch)
     assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
     with pytest.raises(ValueError, match="no pretrained weights"):
         models.load_backbone("timm:not-a-model")
+
+
+def test_remove_head_turns_a_classifier_into_a_feature_extractor():
+    model = models.CourseResNet(num_classes=24).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model.forward_features(images)
+    assert models.remove_head(model) is model  # changed in place, as the docstring says
+    with torch.no_grad():
+        features = model(images)
+    assert torch.allclose(features, expected)
+    assert all(not isinstance(module, nn.Linear) for module in model.modules())
+    with pytest.raises(TypeError, match="no linear head"):
+        models.remove_head(nn.Sequential(nn.ReLU()))

@@ -1,0 +1,187 @@
+"""Tests for course_lib.experiments: data-efficiency curves and the from-scratch baseline."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Subset, TensorDataset
+
+from course_lib.data import sample_per_class
+from course_lib.experiments import data_efficiency_curve, scratch_accuracy, scratch_epochs
+from toy import NUM_CLASSES, colour_images
+
+# 3 classes with 10, 7 and 5 examples, interleaved as in a real dataset.
+LABELS = torch.tensor([0, 1, 2] * 5 + [0, 1] * 2 + [0] * 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# data_efficiency_curve
+
+
+class Recorder:
+    """A stand-in method: records the indices and seed it was given, returns a value that encodes them."""
+
+    def __init__(self, offset: float = 0.0):
+        self.offset, self.calls = offset, []
+
+    def __call__(self, indices: torch.Tensor, seed: int) -> float:
+        self.calls.append((len(indices) // 3, seed, indices.tolist()))
+        return self.offset + len(indices) + seed / 10
+
+
+def test_curve_has_one_row_per_size_and_one_column_per_seed():
+    a, b = Recorder(), Recorder(offset=100)
+    results = data_efficiency_curve({"a": a, "b": b}, LABELS, shots=[1, 4, 2], seeds=3, progress=False)
+    assert set(results) == {"a", "b"}
+    assert results["a"].shape == (3, 3) and results["a"].dtype == np.float64
+    expected = np.array([[3 * n + seed / 10 for seed in range(3)] for n in (1, 4, 2)])
+    np.testing.assert_allclose(results["a"], expected)
+    np.testing.assert_allclose(results["b"], expected + 100)
+
+
+def test_every_method_sees_the_same_draw_for_each_size_and_seed():
+    a, b = Recorder(), Recorder()
+    data_efficiency_curve({"a": a, "b": b}, LABELS, shots=[2, 5], seeds=2, progress=False)
+    assert a.calls == b.calls
+    assert [(n, seed) for n, seed, _ in a.calls] == [(2, 0), (2, 1), (5, 0), (5, 1)]
+    for n, seed, indices in a.calls:
+        assert indices == sample_per_class(LABELS, n, seed=seed).tolist()
+    assert a.calls[0][2] != a.calls[1][2]  # the seeds draw different examples
+
+
+def test_a_method_that_edits_its_indices_does_not_change_the_next_methods():
+    def shuffles_in_place(indices: torch.Tensor, seed: int) -> float:
+        indices.copy_(indices.flip(0))
+        indices[0] = -1
+        return 0.0
+
+    recorder = Recorder()
+    data_efficiency_curve({"shuffles": shuffles_in_place, "recorder": recorder}, LABELS, shots=[3], seeds=2, progress=False)
+    for n, seed, indices in recorder.calls:
+        assert indices == sample_per_class(LABELS, n, seed=seed).tolist()
+
+
+def test_curve_accepts_numpy_shots():
+    results = data_efficiency_curve({"a": Recorder()}, LABELS, shots=np.arange(1, 4), seeds=np.int64(1), progress=False)
+    assert results["a"].shape == (3, 1)
+
+
+def test_a_size_too_large_for_a_class_fails_before_any_method_runs():
+    recorder = Recorder()
+    with pytest.raises(ValueError, match="class 2 has 5"):
+        data_efficiency_curve({"a": recorder}, LABELS, shots=[1, 2, 6], seeds=2, progress=False)
+    assert recorder.calls == []
+
+
+@pytest.mark.parametrize(
+    "methods, shots, seeds, message",
+    [
+        ({}, [1], 1, "methods is empty"),
+        ({"a": Recorder()}, [], 1, "shots must be positive ints"),
+        ({"a": Recorder()}, [1, 0], 1, "shots must be positive ints"),
+        ({"a": Recorder()}, [1.5], 1, "shots must be positive ints"),
+        ({"a": Recorder()}, [True], 1, "shots must be positive ints"),
+        ({"a": Recorder()}, [1], 0, "seeds must be a positive int"),
+        ({"a": Recorder()}, [1], 2.0, "seeds must be a positive int"),
+        ({"a": Recorder()}, [1], True, "seeds must be a positive int"),
+    ],
+)
+def test_curve_bad_arguments(methods, shots, seeds, message):
+    with pytest.raises(ValueError, match=message):
+        data_efficiency_curve(methods, LABELS, shots=shots, seeds=seeds, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# scratch_epochs
+
+
+@pytest.mark.parametrize(
+    "num_images, epochs",
+    [(1, 80), (30, 80), (37, 80), (38, 79), (100, 30), (375, 8), (374, 9), (3000, 8), (10**6, 8)],
+)
+def test_scratch_epochs_sees_about_3000_images_within_the_bounds(num_images, epochs):
+    assert scratch_epochs(num_images) == epochs
+
+
+def test_scratch_epochs_custom_bounds():
+    assert scratch_epochs(10, images_seen=100, min_epochs=2, max_epochs=5) == 5
+    assert scratch_epochs(50, images_seen=100, min_epochs=2, max_epochs=5) == 2
+    assert scratch_epochs(25, images_seen=100, min_epochs=2, max_epochs=5) == 4
+
+
+@pytest.mark.parametrize("num_images", [0, -3, 2.5, True, "10"])
+def test_scratch_epochs_rejects_non_counts(num_images):
+    with pytest.raises(ValueError, match="num_images must be a positive int"):
+        scratch_epochs(num_images)
+
+
+# ---------------------------------------------------------------------------------------------
+# scratch_accuracy
+
+
+class TinyCNN(nn.Module):
+    """A randomly initialised CNN small enough to train in a fraction of a second; records every instance."""
+
+    built: list[TinyCNN] = []
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(4, NUM_CLASSES)
+        self.initial = {name: tensor.clone() for name, tensor in self.state_dict().items()}
+        TinyCNN.built.append(self)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def run_scratch(seed: int, epochs: int | None = 4) -> tuple[float, TinyCNN]:
+    TinyCNN.built.clear()
+    accuracy = scratch_accuracy(TinyCNN, colour_images(48, seed=0), colour_images(30, seed=1), epochs=epochs, batch_size=16, seed=seed)
+    (model,) = TinyCNN.built
+    return accuracy, model
+
+
+def test_scratch_accuracy_is_reproducible_for_a_seed():
+    first_accuracy, first = run_scratch(seed=0)
+    second_accuracy, second = run_scratch(seed=0)
+    assert isinstance(first_accuracy, float) and 0.0 <= first_accuracy <= 1.0
+    assert first_accuracy == second_accuracy
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name  # same initialisation, same batches, same result
+    assert not torch.equal(first.head.weight, first.initial["head.weight"])  # it did train
+
+
+def test_scratch_accuracy_seed_sets_the_initialisation():
+    _, first = run_scratch(seed=0, epochs=1)
+    _, other = run_scratch(seed=1, epochs=1)
+    assert not torch.equal(first.initial["head.weight"], other.initial["head.weight"])
+
+
+def test_scratch_accuracy_learns_a_learnable_task_with_the_default_epochs():
+    accuracy, _ = run_scratch(seed=0, epochs=None)  # scratch_epochs(48) = 63 epochs
+    assert accuracy > 0.9
+
+
+def test_scratch_accuracy_trains_on_a_subset():
+    data = colour_images(60, seed=0)
+    accuracy = scratch_accuracy(TinyCNN, Subset(data, list(range(9))), data, epochs=1, seed=0)
+    assert 0.0 <= accuracy <= 1.0
+
+
+def test_make_model_must_return_a_module():
+    with pytest.raises(TypeError, match=r"make_model\(\) must return a torch\.nn\.Module, got NoneType.*return"):
+        scratch_accuracy(lambda: None, colour_images(6, seed=0), colour_images(6, seed=1), epochs=1)
+
+
+def test_passing_a_model_instead_of_a_function_is_explained():
+    with pytest.raises(TypeError, match=r"make_model must be a function that builds a new model.*lambda"):
+        scratch_accuracy(TinyCNN(), colour_images(6, seed=0), colour_images(6, seed=1), epochs=1)
+
+
+def test_empty_training_data_is_explained():
+    empty = TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match="train_data is empty"):
+        scratch_accuracy(TinyCNN, empty, colour_images(6, seed=1), epochs=1)
