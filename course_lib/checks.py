@@ -14,7 +14,7 @@ message meant for the student, such as "expected a tensor of shape (64, 128) but
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 import torch
@@ -340,3 +340,25 @@ def check_same_state(before: Mapping | nn.Module, after: Mapping | nn.Module, *,
                 f"torch.no_grad(): call {name}.eval() first"
             )
         _fail(f"{len(changed)} entries of {name} changed: {_listed(changed)}", hint)
+
+
+def check_uses_none_of(function: Callable, forbidden: Sequence[object], *, hint: str) -> None:
+    """Fail if ``function`` refers to any of the ``forbidden`` objects: the library's own versions of
+    what an exercise asks the student to write (19.1's CKA, 19.3's learning-rate groups).
+
+    Looks at every name the function's code uses, and that of functions defined inside it: a name
+    that is bound to a forbidden object in the function's globals (a module counts, so
+    ``lib.fn(...)`` is caught through ``lib``), or that is a forbidden function's own name.
+    """
+    if not callable(function) or not hasattr(function, "__code__"):
+        raise TypeError(f"function must be a Python function, got {type(function).__name__}.")
+    forbidden_ids = {id(obj) for obj in forbidden}
+    forbidden_names = {getattr(obj, "__name__", "").rsplit(".", 1)[-1] for obj in forbidden} - {""}
+    codes, names = [function.__code__], set()
+    while codes:
+        code = codes.pop()
+        names.update(code.co_names)
+        codes.extend(const for const in code.co_consts if hasattr(const, "co_names"))
+    used = sorted(name for name in names if id(function.__globals__.get(name)) in forbidden_ids or name in forbidden_names)
+    if used:
+        _fail(f"{function.__name__} uses {_listed(used)} from course_lib instead of doing the work itself", hint)

@@ -21,6 +21,7 @@ from course_lib.checks import (
     check_same_state,
     check_tensor,
     check_train_mode,
+    check_uses_none_of,
     snapshot_state,
 )
 
@@ -313,3 +314,42 @@ def test_check_same_state_after_an_optimizer_step_and_key_mismatch():
         check_same_state(before, model)
     with fails_with("1 new (extra)", "0 removed"):
         check_same_state(before, {**before, "extra": torch.zeros(1)})
+
+
+# --- check_uses_none_of -------------------------------------------------------------------------
+
+import course_lib.finetuning as library_module  # noqa: E402  (a stand-in "library" for these tests)
+
+
+def _own_version(model):
+    groups = []
+    for name, params in library_module.layer_groups(model):  # a helper that is allowed
+        groups.append(name)
+    return groups
+
+
+def _delegates_through_the_module(model, lr):
+    return library_module.layerwise_lr_groups(model, lr)
+
+
+def _delegates_in_an_inner_function(model, lr):
+    def inner():
+        return layerwise_lr_groups(model, lr)  # noqa: F821  (bound below, at call time)
+    return inner()
+
+
+layerwise_lr_groups = library_module.layerwise_lr_groups
+
+
+def test_check_uses_none_of_passes_own_work_and_catches_delegation():
+    forbidden = [library_module.layerwise_lr_groups]
+    check_uses_none_of(_own_version, forbidden, hint="write it yourself")
+    with pytest.raises(AssertionError, match=r"_delegates_in_an_inner_function uses layerwise_lr_groups .*: write it yourself"):
+        check_uses_none_of(_delegates_in_an_inner_function, forbidden, hint="write it yourself")
+    # Through the module: caught by the attribute's name, and by the module when it is forbidden too.
+    with pytest.raises(AssertionError, match="layerwise_lr_groups"):
+        check_uses_none_of(_delegates_through_the_module, forbidden, hint="h")
+    with pytest.raises(AssertionError, match="library_module"):
+        check_uses_none_of(_own_version, [library_module], hint="h")
+    with pytest.raises(TypeError, match="Python function"):
+        check_uses_none_of(len, forbidden, hint="h")
