@@ -14,7 +14,7 @@ help:
 	@echo "make book      set up, execute every lesson, build the book to _build/html"
 	@echo "make test      the whole test suite"
 	@echo "make lab       JupyterLab on the student lessons"
-	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1 and 19.2 headlines"
+	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
 	@echo "make lessons   regenerate the student notebooks in lessons/ from solutions/"
 	@echo "make grade ASSIGNMENT=19_1_representations   autograde submitted/*/ASSIGNMENT, write feedback/ and grades.csv"

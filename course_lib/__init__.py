@@ -14,6 +14,7 @@ Every notebook starts with ``cfg = course_lib.setup()``. The modules, one idea e
 - :mod:`course_lib.freezing` freezing a backbone for good: ``FrozenBackbone``, BatchNorm drift (19.2)
 - :mod:`course_lib.heads`    classifiers on frozen features: k-nearest neighbours, logistic regression (19.2)
 - :mod:`course_lib.experiments` data-efficiency curves over sizes and seeds, the from-scratch baseline (19.2)
+- :mod:`course_lib.finetuning` fine-tuning strategies: layer groups and rates, gradual unfreezing, LP-FT, drift (19.3)
 - :mod:`course_lib.plots`    image grids, curves, confusion matrices, embeddings
 - :mod:`course_lib.checks`   assertions with helpful messages for exercises
 - :mod:`course_lib.pretrain` the command that pretrains the source model (``python -m course_lib.pretrain``)

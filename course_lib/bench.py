@@ -8,7 +8,9 @@
 5. chapter 19.1's headline: linear-probe accuracy on the target classes from each stage,
    pretrained weights against random ones;
 6. chapter 19.2's headline: with few labelled images per class, frozen features and a linear
-   head (or k-NN) against the same architecture trained from scratch, over several draws.
+   head (or k-NN) against the same architecture trained from scratch, over several draws;
+7. chapter 19.3's headline: fine-tuning strategies on a near and a far target at three data
+   sizes, and where the size rule of thumb picked the best one.
 
 Nothing here is a pass/fail test: targets are printed next to the measured figures.
 """
@@ -26,8 +28,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from course_lib.data import FAR_DOMAIN, dataset_targets
 from course_lib.experiments import data_efficiency_curve, scratch_accuracy
 from course_lib.features import FeatureCache, extract_features, feature_loader
+from course_lib.finetuning import compare_with_rule, fine_tune_copy
 from course_lib.freezing import FrozenBackbone
 from course_lib.heads import knn_accuracy
 from course_lib.models import load_backbone, replace_head
@@ -138,6 +142,39 @@ def bench_data_efficiency(train_per_class: int, test_per_class: int, shots: list
     return data_efficiency_curve(methods, train_labels, shots, seeds=seeds, progress=False)
 
 
+# Chapter 19.3's strategies (a subset of the notebook's seven), set up as in the notebook.
+FINE_TUNING_STRATEGIES = {
+    "linear probe": dict(strategy="linear probe", lr=1e-3),
+    "full, 10x lower lr": dict(strategy="full", lr=1e-3),
+    "partial (last stage)": dict(strategy="partial", lr=1e-3, k=1),
+    "LP-FT": dict(strategy="LP-FT", lr=1e-3),
+}
+RULE_PICKS = {"linear probe": "linear probe", "partial": "partial (last stage)", "full": "full, 10x lower lr"}
+
+
+def bench_fine_tuning(sizes: list[int], test_per_class: int, seeds: int, epochs: int,
+                      batches_per_epoch: int) -> dict[str, dict[str, np.ndarray]]:
+    """Chapter 19.3's grid: test accuracy ``{target: {strategy: (len(sizes), seeds)}}`` on the 10 target
+    classes in the studio domain (near) and in the night domain (far), each run on the same budget."""
+    pretrained = load_backbone("course-resnet")
+    grid = {}
+    for target, domain in (("near", "studio"), ("far", FAR_DOMAIN)):
+        train = ShapeWorld("target", domain=domain, n_per_class=max(sizes), seed=0, progress=False)
+        test_loader = DataLoader(ShapeWorld("target", domain=domain, n_per_class=test_per_class, seed=1, progress=False),
+                                 batch_size=256)
+
+        def method(settings: dict, train=train, test_loader=test_loader):
+            def run(indices: torch.Tensor, seed: int) -> float:
+                model, _ = fine_tune_copy(pretrained, train, indices, num_classes=len(TARGET_CLASSES), seed=seed,
+                                          epochs=epochs, batches_per_epoch=batches_per_epoch, head_lr=1e-2, **settings)
+                return evaluate(model, test_loader)["accuracy"]
+            return run
+
+        methods = {name: method(settings) for name, settings in FINE_TUNING_STRATEGIES.items()}
+        grid[target] = data_efficiency_curve(methods, dataset_targets(train), sizes, seeds=seeds, progress=False)
+    return grid
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and print its figures (``python -m course_lib.bench``)."""
     parser = argparse.ArgumentParser(description="Print the course's benchmark figures.")
@@ -146,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     world_n, test_per_class, train_per_class = (200, 5, 10) if args.quick else (4000, 100, 200)
     probe_train, probe_test, probe_seeds = (4, 4, 1) if args.quick else (50, 30, 3)
     shots, efficiency_seeds = ([1, 2], 1) if args.quick else ([1, 2, 5, 10], 3)
+    # (sizes per class, test images per class, seeds, epochs, batches per epoch): the notebook's standard profile
+    fine_tuning = ([1, 2], 2, 1, 2, 1) if args.quick else ([5, 25, 100], 25, 2, 5, 6)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("world generation, 64x64, one thread, images/s (target >= 2,000):")
@@ -182,6 +221,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {n:3d} per class   {cells}")
     gap = curve["frozen + linear head"].mean(axis=1) - curve["from scratch"].mean(axis=1)
     print(f"  frozen + linear head beats scratch by at least {gap.min() * 100:+.1f} points (at {shots[int(gap.argmin())]} per class)")
+    sizes, ft_test, ft_seeds, ft_epochs, ft_batches = fine_tuning
+    print(
+        f"chapter 19.3, fine-tuning strategies on the 10 target classes ({ft_test} test images per class, {ft_seeds} "
+        f"draw(s), {ft_epochs} epochs of {ft_batches} batches of 32 per run), near = studio, far = {FAR_DOMAIN}:"
+    )
+    grid = bench_fine_tuning(sizes, ft_test, ft_seeds, ft_epochs, ft_batches)
+    num_classes = len(TARGET_CLASSES)
+    print(f"  {'':22s}" + "".join(f"{t + ' ' + str(n * num_classes):>16s}" for t in grid for n in sizes))
+    for name in FINE_TUNING_STRATEGIES:
+        print(f"  {name:22s}" + "".join(f"{grid[t][name][row].mean():10.1%} ±{grid[t][name][row].std():4.1%}"
+                                        for t in grid for row in range(len(sizes))))
+    rows = [(t, r) for t in grid for r in compare_with_rule(grid[t], sizes, num_classes, RULE_PICKS)]
+    held = sum(r["held"] for _, r in rows)
+    target, worst = max(rows, key=lambda item: item[1]["gap"])
+    print(f"  the size rule's pick was within 2 points of the best of these strategies in {held} of {len(rows)} cells; "
+          f"largest miss {100 * worst['gap']:.1f} points ({target}, {worst['images']} images: {worst['pick']} vs {worst['best']})")
     return 0
 
 

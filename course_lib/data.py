@@ -299,7 +299,7 @@ def lesson_data(
 
     Images are normalised with the statistics the backbone was trained with, unless ``mean`` and
     ``std`` say otherwise: chapter 19.2 uses that to measure what the wrong statistics cost.
-    Used by chapters 19.1 and 19.2.
+    Used by chapters 19.1, 19.2 and 19.3 (see also :func:`near_and_far_targets`).
     """
     from torchvision.transforms import Normalize
 
@@ -334,3 +334,24 @@ def lesson_data(
         class_names = list(TARGET_CLASSES)
         description = f"the {len(class_names)} target shapes of the course's world ({domain} domain)"
     return LessonData(train, test, class_names, mean, std, description)
+
+
+# Chapter 19.3 fine-tunes on a target close to the source and on one far from it.
+FAR_DOMAIN = "night"
+FAR_REAL_DATASET = "svhn"
+
+
+def near_and_far_targets(cfg: CourseConfig) -> dict[str, LessonData]:
+    """Two target tasks for ``cfg``'s profile, ``{"near": ..., "far": ...}`` (19.3).
+
+    - ``smoke`` / ``standard``: both are the 10 target shapes; *near* is drawn in the clean
+      ``studio`` domain the source model was trained in, *far* in the dark, noisy ``night`` domain.
+    - ``real``: *near* is ``cfg.dataset`` (CIFAR-10: natural photos, like ImageNet), *far* is SVHN
+      (house numbers: digits, a different kind of image), both with the same subset sizes.
+    """
+    if cfg.profile == "real":
+        far = lesson_data(dataclasses.replace(cfg, dataset=FAR_REAL_DATASET))
+    else:
+        far = lesson_data(cfg, domain=FAR_DOMAIN)
+    return {"near": lesson_data(cfg), "far": far}
+

@@ -19,3 +19,6 @@ def test_quick_benchmark_prints_every_figure(monkeypatch, tmp_path, capsys):
     assert "chapter 19.2, data efficiency" in out
     assert re.search(r"  1 per class   from scratch\s+\d+\.\d% ± \d+\.\d%   frozen \+ linear head", out)
     assert re.search(r"beats scratch by at least [+-]\d+\.\d points \(at [12] per class\)", out)
+    assert re.search(r"chapter 19\.3, fine-tuning strategies .* near = studio, far = night", out)
+    assert re.search(r"  LP-FT\s+\d+\.\d% ±\d+\.\d%", out)
+    assert re.search(r"size rule's pick was within 2 points of the best of these strategies in \d of 4 cells", out)

@@ -15,6 +15,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 from course_lib import data
 from course_lib.config import CourseConfig
 from course_lib.data import (
+    FAR_DOMAIN,
     IMAGENET_MEAN,
     IMAGENET_STD,
     REAL_DATASETS,
@@ -22,6 +23,7 @@ from course_lib.data import (
     imagenet_transform,
     lesson_data,
     load_real_dataset,
+    near_and_far_targets,
     sample_per_class,
     subset_per_class,
 )
@@ -377,3 +379,20 @@ def test_lesson_data_real_profile_uses_balanced_subsets_of_the_dataset(shared_da
 def test_lesson_data_real_profile_without_files_says_where_they_go(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         lesson_data(_config("real", data_dir=tmp_path))
+
+
+def test_near_and_far_targets_offline_share_classes_but_not_the_look():
+    pair = near_and_far_targets(_config("smoke"))
+    assert list(pair) == ["near", "far"]
+    near, far = pair["near"], pair["far"]
+    assert near.class_names == far.class_names == list(TARGET_CLASSES)
+    assert "studio" in near.description and FAR_DOMAIN in far.description
+    assert (len(far.train), len(far.test)) == (len(near.train), len(near.test)) == (30, 20)
+    assert near.train[0][1] == far.train[0][1] and not torch.allclose(near.train[0][0], far.train[0][0])
+
+
+def test_near_and_far_targets_real_profile_asks_for_the_far_dataset(tmp_path, shared_data):
+    # MNIST (the near target here) is in the shared folder, SVHN is not: the error names SVHN's place.
+    cfg = _config("real", data_dir=shared_data)
+    with pytest.raises(FileNotFoundError, match="svhn"):
+        near_and_far_targets(cfg)
