@@ -216,7 +216,7 @@ def _optimizer(model: nn.Module, lr: float, head_lr: float, factor: float | None
     falling by ``factor`` per group below the head. Frozen parameters get no gradient, so AdamW
     leaves them alone until they are unfrozen (which gradual unfreezing relies on)."""
     if factor is not None:
-        return torch.optim.AdamW(layerwise_lr_groups(unfreeze(model), head_lr, factor), weight_decay=0.0)
+        return torch.optim.AdamW(layerwise_lr_groups(model, head_lr, factor), weight_decay=0.0)
     head = set(map(id, get_head(model).parameters()))
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr, "name": "backbone"},
@@ -285,7 +285,7 @@ def fine_tune(
     if strategy == "full":
         return train(epochs, _optimizer(unfreeze(model), lr, head_lr))
     if strategy == "discriminative":
-        return train(epochs, _optimizer(model, lr, head_lr, factor))
+        return train(epochs, _optimizer(unfreeze(model), lr, head_lr, factor))
     if strategy == "gradual":
         # The optimizer holds every parameter; the callback decides each epoch which ones train.
         return train(epochs, _optimizer(unfreeze(model), lr, head_lr), more=[GradualUnfreezing(every)])
@@ -362,14 +362,15 @@ def compare_with_rule(
     ``best_accuracy``, ``gap`` (best minus pick, in accuracy) and ``held`` (gap <= ``tolerance``),
     comparing means over seeds.
     """
-    missing = sorted({rule_picks.get(rule_of_thumb(n * num_classes), "?") for n in sizes} - set(accuracy))
+    picks = [rule_picks.get(rule_of_thumb(n * num_classes)) for n in sizes]
+    missing = sorted({str(pick) for pick in picks if pick not in accuracy})
     if missing:
-        raise KeyError(f"rule_picks names {missing}, which are not in accuracy's strategies {sorted(accuracy)}.")
+        raise KeyError(f"rule_picks gives {missing}, which are not in accuracy's strategies {sorted(accuracy)}: "
+                       "map each of the rule's answers ('linear probe', 'partial', 'full') to one of them.")
     rows = []
-    for row, n in enumerate(sizes):
+    for row, (n, pick) in enumerate(zip(sizes, picks)):
         means = {name: float(np.mean(values[row])) for name, values in accuracy.items()}
         best = max(means, key=means.get)
-        pick = rule_picks[rule_of_thumb(n * num_classes)]
         gap = means[best] - means[pick]
         rows.append({"images": n * num_classes, "pick": pick, "pick_accuracy": means[pick], "best": best,
                      "best_accuracy": means[best], "gap": gap, "held": gap <= tolerance})
