@@ -29,13 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from course_lib.data import FAR_DOMAIN, dataset_targets
-from course_lib.experiments import data_efficiency_curve, scratch_accuracy
+from course_lib.experiments import compare_with_rule, data_efficiency_curve, fine_tune_copy, scratch_accuracy
 from course_lib.features import FeatureCache, extract_features, feature_loader
-from course_lib.finetuning import compare_with_rule, fine_tune_copy
 from course_lib.freezing import FrozenBackbone
 from course_lib.heads import knn_accuracy
 from course_lib.models import load_backbone, replace_head
-from course_lib.representations import linear_probe_accuracy, transferability_curve
+from course_lib.probes import linear_probe_accuracy, transferability_curve
 from course_lib.training import evaluate
 from course_lib.world import DOMAINS, TARGET_CLASSES, ShapeWorld, world_generation_speed
 

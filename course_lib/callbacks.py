@@ -1,4 +1,4 @@
-"""Callbacks: small hooks into :func:`course_lib.training.fit`, and the :class:`History` it returns.
+"""Callbacks: small hooks into :func:`course_lib.training.fit`'s loop.
 
 ``fit`` is a plain loop; chapters add to it with callbacks instead of copying it::
 
@@ -11,138 +11,23 @@
   an earlier task (19.7).
 - Subclass :class:`Callback` for anything else; each hook receives the :class:`TrainerState`.
 
-Everything here is also importable from ``course_lib.training``.
+The :class:`~course_lib.history.History` that ``fit`` returns lives in :mod:`course_lib.history`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Callback", "EarlyStopping", "History", "LambdaCallback", "TrackMetric", "TrainerState"]
+from course_lib.core import eval_mode
+from course_lib.history import History, is_number, metric_mode
 
-
-# ---------------------------------------------------------------------------------------------
-# History: what fit returns
-
-
-class History:
-    """Per-epoch records of a training run, one dict per epoch.
-
-    Each record holds ``epoch``, ``lr`` (a list: one learning rate per parameter group, as it was
-    at the start of the epoch), ``train_loss``, ``train_accuracy``, ``val_loss`` and
-    ``val_accuracy`` (when ``fit`` had a ``val_loader``), ``seconds``, and whatever callbacks such
-    as :class:`TrackMetric` added. ``history["val_accuracy"]`` is the list of one value per epoch,
-    ready to plot; ``history.last`` is the final record; ``history.best("val_accuracy")`` the best.
-    """
-
-    def __init__(self, records: Iterable[dict] = ()):
-        self.records: list[dict] = [dict(record) for record in records]
-
-    def append(self, record: dict) -> None:
-        """Add the record of one epoch."""
-        self.records.append(record)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __iter__(self):
-        return iter(self.records)
-
-    def __getitem__(self, key: str | int) -> list | dict:
-        """``history["val_loss"]`` -> one value per epoch (None where missing); ``history[-1]`` -> a record."""
-        if isinstance(key, int):
-            return self.records[key]
-        if key not in self.metrics():
-            raise KeyError(f"The history has no {key!r}; it records {self.metrics()}.")
-        return [record.get(key) for record in self.records]
-
-    def metrics(self) -> list[str]:
-        """The names recorded in at least one epoch, in the order they first appeared."""
-        names: dict[str, None] = {}
-        for record in self.records:
-            names.update(dict.fromkeys(record))
-        return list(names)
-
-    @property
-    def last(self) -> dict:
-        """The record of the final epoch."""
-        if not self.records:
-            raise ValueError("The history is empty: fit has not completed an epoch yet.")
-        return self.records[-1]
-
-    def best(self, metric: str, mode: str | None = None) -> dict:
-        """The record of the epoch with the best ``metric``.
-
-        ``mode`` is ``"min"`` or ``"max"``; by default ``"min"`` for names containing "loss" and
-        ``"max"`` otherwise. Epochs without a value for ``metric`` are skipped.
-        """
-        mode = _resolve_mode(metric, mode)
-        values = [(value, i) for i, value in enumerate(self[metric]) if _is_number(value)]
-        if not values:
-            raise ValueError(f"No epoch recorded a number for {metric!r}.")
-        pick = min if mode == "min" else max
-        return self.records[pick(values)[1]]
-
-    def as_dict(self) -> dict[str, list]:
-        """``{metric: [value per epoch]}``, the form ``course_lib.plots.plot_history`` accepts."""
-        return {name: self[name] for name in self.metrics()}
-
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The records as JSON text (NaN written as null); also written to ``path`` if given."""
-        text = json.dumps([_json_safe(record) for record in self.records], indent=1)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
-
-    @classmethod
-    def from_json(cls, text_or_path: str | Path) -> History:
-        """Read a history written by :meth:`to_json` (JSON text or a path to it)."""
-        text = str(text_or_path)
-        if not text.lstrip().startswith("["):
-            text = Path(text_or_path).read_text()
-        return cls(json.loads(text))
-
-    def __repr__(self) -> str:
-        last = ", ".join(f"{k}={_short(v)}" for k, v in self.records[-1].items()) if self.records else "empty"
-        return f"History({len(self)} epochs; last: {last})"
-
-
-def _resolve_mode(metric: str, mode: str | None) -> str:
-    if mode is None:
-        return "min" if "loss" in metric else "max"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min', 'max' or None (guess from the name), got {mode!r}.")
-    return mode
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
-    return str(value)
+__all__ = ["Callback", "EarlyStopping", "LambdaCallback", "TrackMetric", "TrainerState"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +127,7 @@ class EarlyStopping(Callback):
         if not isinstance(patience, int) or patience < 1:
             raise ValueError(f"patience must be a positive int (epochs to wait), got {patience!r}.")
         self.metric, self.patience, self.min_delta = metric, patience, float(min_delta)
-        self.mode = _resolve_mode(metric, mode)
+        self.mode = metric_mode(metric, mode)
         self.restore_best = restore_best
         self.best_value: float | None = None
         self.best_epoch = 0
@@ -254,7 +139,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, state: TrainerState) -> None:
         value = state.history.last.get(self.metric)
-        if not _is_number(value):
+        if not is_number(value):
             raise KeyError(
                 f"EarlyStopping watches {self.metric!r} but this epoch recorded {value!r} for it. "
                 f"Watch one of {state.history.metrics()} (val_* needs a val_loader in fit)."
@@ -299,9 +184,6 @@ class TrackMetric(Callback):
     def on_epoch_end(self, state: TrainerState) -> None:
         if self.name in state.history.last:
             raise ValueError(f"TrackMetric would overwrite {self.name!r} in the history; choose another name.")
-        # Imported here rather than at the top because course_lib.training imports this module.
-        from course_lib.training import eval_mode
-
         with torch.no_grad(), eval_mode(state.model):
             value = self.fn(state.model)
         if isinstance(value, torch.Tensor) and value.numel() == 1:

@@ -6,19 +6,19 @@ A lesson cell that trains for minutes wraps the training in a function::
                         lambda: fit(model, train_loader, epochs=cfg.epochs))
 
 The first run trains and saves; re-running the notebook loads the saved weights instead of
-re-training. ``checkpoint_or_train`` is also importable from ``course_lib.training``.
+re-training.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from course_lib.core import atomic_write
 
 __all__ = ["checkpoint_or_train"]
 
@@ -64,19 +64,12 @@ def _load_checkpoint(path: Path, model: nn.Module) -> None:
 
 
 def _save_checkpoint(path: Path, model: nn.Module) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Tied (shared) tensors are stored once per name; clone so that safetensors accepts them.
     state = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in model.state_dict().items()}
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:  # an interrupted save never leaves half a checkpoint
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, temp_name)
+            save_file(state, str(temporary))
         else:
-            torch.save(state, temp_name)
-        os.replace(temp_name, path)  # atomic: readers see the old file or the whole new one
-    finally:
-        if os.path.exists(temp_name):
-            os.remove(temp_name)
+            torch.save(state, temporary)

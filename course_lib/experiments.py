@@ -4,31 +4,31 @@ A transfer-learning claim such as "frozen features beat training from scratch wh
 scarce" is a claim about a *curve*: accuracy against the number of labelled examples per class,
 with a spread over random draws of those examples. :func:`data_efficiency_curve` runs any set of
 methods over the same draws; :func:`scratch_accuracy` is the baseline every transfer method must
-beat: the same architecture trained on the target data alone.
+beat: the same architecture trained on the target data alone. For chapter 19.3,
+:func:`fine_tune_copy` gives every fine-tuning run the same budget, and :func:`compare_with_rule`
+checks a rule of thumb (:func:`rule_of_thumb`) against the strategies measured.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from course_lib.data import sample_per_class
+from course_lib.finetuning import fine_tune
+from course_lib.history import History
+from course_lib.models import replace_head
 from course_lib.training import evaluate, fit
+from course_lib.validation import check_module, is_int
 
-# sample_per_class lives in course_lib.data; it is imported here because the curve draws with it.
-__all__ = ["data_efficiency_curve", "sample_per_class", "scratch_accuracy", "scratch_epochs"]
-
-
-def _is_int(value: object) -> bool:
-    """True for Python and numpy integers, False for bools (True is an int to Python, not a count)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+__all__ = ["compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy", "scratch_epochs"]
 
 
 def data_efficiency_curve(
@@ -51,10 +51,10 @@ def data_efficiency_curve(
     """
     if not methods:
         raise ValueError("methods is empty: pass {'name': function(train_indices, seed) -> accuracy, ...}.")
-    if not _is_int(seeds) or seeds < 1:
+    if not is_int(seeds) or seeds < 1:
         raise ValueError(f"seeds must be a positive int (how many random draws per size), got {seeds!r}.")
     shots = list(shots)
-    if not shots or any(not _is_int(n) or n < 1 for n in shots):
+    if not shots or any(not is_int(n) or n < 1 for n in shots):
         raise ValueError(f"shots must be positive ints (labelled examples per class), got {shots!r}.")
     shots, seeds = [int(n) for n in shots], int(seeds)  # numpy integers (np.arange) become plain ints
     # Fail now, not after the smaller sizes have run for minutes, if a class is too small for the largest size.
@@ -78,7 +78,7 @@ def scratch_epochs(num_images: int, images_seen: int = 3000, min_epochs: int = 8
 
     Tiny training sets get many passes (they are cheap), large ones at least a few.
     """
-    if not _is_int(num_images) or num_images < 1:
+    if not is_int(num_images) or num_images < 1:
         raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
     return min(max_epochs, max(min_epochs, math.ceil(images_seen / num_images)))
 
@@ -125,3 +125,83 @@ def scratch_accuracy(
     # channels_last makes this small convolutional network train ~1.4x faster on the CPU as well.
     fit(model, train_loader, epochs=epochs, lr=lr, progress=False, channels_last=True)
     return evaluate(model, DataLoader(test_data, batch_size=256))["accuracy"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning strategies on one budget, and the size rule (19.3)
+
+
+def fine_tune_copy(
+    pretrained: nn.Module,
+    train_set: Dataset,
+    indices: Sequence[int] | torch.Tensor,
+    *,
+    num_classes: int,
+    seed: int,
+    epochs: int,
+    batches_per_epoch: int,
+    batch_size: int = 32,
+    **fine_tune_kwargs,
+) -> tuple[nn.Module, History]:
+    """Fine-tune a fresh copy of ``pretrained`` (new head for ``num_classes``) on ``train_set[indices]``; return it and its history.
+
+    Every call trains on the same budget, whatever the number of images: ``epochs`` epochs of
+    ``batches_per_epoch`` batches drawn at random, with replacement, from the chosen images, so
+    that a comparison of strategies or data sizes is not a comparison of training lengths (19.3).
+    ``pretrained`` is not changed; ``fine_tune_kwargs`` go to :func:`fine_tune` (``strategy``,
+    ``lr``, ``head_lr``, ...). ``seed`` fixes the new head and the order of the batches.
+    """
+    check_module(pretrained, "fine_tune_copy", what="the whole model (a torch.nn.Module)")
+    if not is_int(batches_per_epoch) or batches_per_epoch < 1 or not is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batches_per_epoch and batch_size must be positive ints, got {batches_per_epoch!r} and {batch_size!r}.")
+    indices = torch.as_tensor(indices).tolist()
+    if len(indices) == 0:
+        raise ValueError("indices is empty: pass the training examples to fine-tune on (e.g. from sample_per_class).")
+    torch.manual_seed(seed)
+    model = replace_head(copy.deepcopy(pretrained), num_classes)
+    images = Subset(train_set, indices)
+    sampler = RandomSampler(images, replacement=True, num_samples=batches_per_epoch * batch_size,
+                            generator=torch.Generator().manual_seed(seed))
+    history = fine_tune(model, DataLoader(images, batch_size=batch_size, sampler=sampler), epochs=epochs, **fine_tune_kwargs)
+    return model, history
+
+
+def rule_of_thumb(total_images: int) -> str:
+    """The size rule chapter 19.3 tests, as a strategy name: fewer than 500 labelled images, a linear
+    probe; 500 to 5,000, partial fine-tuning; more, full fine-tuning (at a lower learning rate)."""
+    if not is_int(total_images) or total_images < 1:
+        raise ValueError(f"total_images must be a positive int, got {total_images!r}.")
+    if total_images < 500:
+        return "linear probe"
+    return "partial" if total_images <= 5000 else "full"
+
+
+def compare_with_rule(
+    accuracy: Mapping[str, np.ndarray],
+    sizes: Sequence[int],
+    num_classes: int,
+    rule_picks: Mapping[str, str],
+    tolerance: float = 0.02,
+) -> list[dict]:
+    """For each data size, the strategy :func:`rule_of_thumb` recommends against the best one measured (19.3).
+
+    ``accuracy`` maps a strategy's name to an array ``(len(sizes), seeds)`` of test accuracies
+    (as :func:`course_lib.experiments.data_efficiency_curve` returns); ``sizes`` are images per
+    class; ``rule_picks`` maps the rule's answers ("linear probe", "partial", "full") to names in
+    ``accuracy``. Returns one dict per size: ``images``, ``pick``, ``pick_accuracy``, ``best``,
+    ``best_accuracy``, ``gap`` (best minus pick, in accuracy) and ``held`` (gap <= ``tolerance``),
+    comparing means over seeds.
+    """
+    picks = [rule_picks.get(rule_of_thumb(n * num_classes)) for n in sizes]
+    missing = sorted({str(pick) for pick in picks if pick not in accuracy})
+    if missing:
+        raise KeyError(f"rule_picks gives {missing}, which are not in accuracy's strategies {sorted(accuracy)}: "
+                       "map each of the rule's answers ('linear probe', 'partial', 'full') to one of them.")
+    rows = []
+    for row, (n, pick) in enumerate(zip(sizes, picks)):
+        means = {name: float(np.mean(values[row])) for name, values in accuracy.items()}
+        best = max(means, key=means.get)
+        gap = means[best] - means[pick]
+        rows.append({"images": n * num_classes, "pick": pick, "pick_accuracy": means[pick], "best": best,
+                     "best_accuracy": means[best], "gap": gap, "held": gap <= tolerance})
+    return rows

@@ -19,8 +19,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset, Ten
 from tqdm.auto import tqdm
 
 from course_lib.config import default_cache_dir
-from course_lib.training import eval_mode, model_device
+from course_lib.core import atomic_write, eval_mode, model_device
 
 __all__ = [
     "POOLS",
@@ -335,16 +333,9 @@ class FeatureCache:
     def save(self, key: str, features: torch.Tensor, labels: torch.Tensor) -> Path:
         """Store ``(features, labels)`` under ``key`` atomically; returns the file."""
         features_dataset(features, labels)  # the same checks: matching lengths, right dtypes
-        self.folder.mkdir(parents=True, exist_ok=True)
         path = self.path(key)
-        handle, temp_name = tempfile.mkstemp(dir=self.folder, prefix=path.name, suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save({"key": key, "features": features.contiguous(), "labels": labels.contiguous()}, temp_name)
-            os.replace(temp_name, path)  # readers see the old file or the complete new one
-        finally:
-            if os.path.exists(temp_name):
-                os.remove(temp_name)
+        with atomic_write(path) as temporary:  # readers see the old file or the complete new one
+            torch.save({"key": key, "features": features.contiguous(), "labels": labels.contiguous()}, temporary)
         return path
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ The first is easy to remember; the second is easy to forget, because ``model.tra
 every training loop calls, :func:`course_lib.training.fit` included) switches *all* submodules
 back to train mode. :class:`FrozenBackbone` makes both hold for good, and
 :func:`batchnorm_statistics` / :func:`batchnorm_drift` measure what happens when they do not.
+During fine-tuning (19.3), :class:`FreezeBatchNorm` keeps the statistics while weights train.
 """
 
 from __future__ import annotations
@@ -20,18 +21,15 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from course_lib.callbacks import Callback, TrainerState
 from course_lib.models import get_head, remove_head
+from course_lib.validation import check_module
 
-__all__ = ["FrozenBackbone", "batchnorm_drift", "batchnorm_statistics", "freeze", "unfreeze"]
+__all__ = ["FreezeBatchNorm", "FrozenBackbone", "batchnorm_drift", "batchnorm_statistics", "freeze", "unfreeze"]
 
 
 def _check_module(module: object, function: str) -> nn.Module:
-    if not isinstance(module, nn.Module):
-        raise TypeError(
-            f"{function} needs a torch.nn.Module, got {type(module).__name__}. "
-            "Pass the model or one of its submodules, e.g. model.stage4 (not model.parameters())."
-        )
-    return module
+    return check_module(module, function, "Pass the model or one of its submodules, e.g. model.stage4 (not model.parameters()).")
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -126,3 +124,18 @@ def batchnorm_drift(before: Mapping[str, torch.Tensor], after: Mapping[str, torc
         name: float((after[name] - before[name]).norm() / before[name].norm().clamp_min(1e-12))
         for name in before
     }
+
+
+class FreezeBatchNorm(Callback):
+    """Keep every BatchNorm layer in eval mode during training, so its running statistics stay as pretrained.
+
+    ``fit`` calls ``model.train()`` at the start of every epoch; this callback then puts the
+    BatchNorm layers back into eval mode. Their weight and bias still train if unfrozen; only the
+    normalisation statistics are kept. Chapter 19.2 shows why a frozen backbone needs this; 19.3
+    asks whether a fine-tuned one does.
+    """
+
+    def on_epoch_start(self, state: TrainerState) -> None:
+        for module in state.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()

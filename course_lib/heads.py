@@ -20,7 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from course_lib.representations import nearest_neighbours
+from course_lib.probes import nearest_neighbours
 
 __all__ = ["knn_accuracy", "knn_predict", "logistic_regression_accuracy"]
 

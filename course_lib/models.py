@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from course_lib.validation import check_module
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 COURSE_RESNET_WEIGHTS = WEIGHTS_DIR / "course_resnet.safetensors"
 COURSE_RESNET_RECIPE = WEIGHTS_DIR / "course_resnet.json"
@@ -144,6 +146,25 @@ def remove_head(model: nn.Module) -> nn.Module:
     """
     setattr(model, _head_attribute(model), nn.Identity())
     return model
+
+
+def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
+    """The model's parameters in groups from input to output: ``[("stem", [...]), (stage, [...]), ..., ("head", [...])]``.
+
+    The stages are those of :func:`stage_names`; the head is the final linear classifier;
+    ``"stem"`` holds every other parameter (the layers before the first stage). For the course
+    model: stem, stage1 ... stage4, head (6 groups); for a torchvision ResNet-18: stem (conv1,
+    bn1), layer1 ... layer4, head (6 groups). Every parameter is in exactly one group. Chapter
+    19.3 unfreezes and sets learning rates by group; :func:`course_lib.metrics.weight_drift` measures them.
+    """
+    model = check_module(model, "layer_groups", what="the whole model (a torch.nn.Module)")
+    stages = [name for name in stage_names(model) if name != "stem"]
+    head = get_head(model)
+    grouped = {name: list(model.get_submodule(name).parameters()) for name in stages}
+    grouped["head"] = list(head.parameters())
+    taken = {id(p) for params in grouped.values() for p in params}
+    stem = [p for p in model.parameters() if id(p) not in taken]
+    return [("stem", stem), *[(name, grouped[name]) for name in stages], ("head", grouped["head"])]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,16 +6,16 @@ A typical lesson cell::
     plot_history(history)                       # course_lib.plots
     evaluate(model, test_loader)                # {"loss": ..., "accuracy": ...}
 
-``fit`` is a plain loop (train one epoch, evaluate, record) with small hooks, *callbacks*, for the
-things chapters add to it: stopping early, unfreezing layers at given epochs (19.3), tracking how
-far features drift or how well an old task is remembered while training (19.3, 19.7). The
-callbacks and the :class:`History` that ``fit`` returns live in :mod:`course_lib.callbacks`;
-:func:`checkpoint_or_train` (train once, load on later runs) in :mod:`course_lib.checkpoints`.
-Both are importable from here too.
+``fit`` is a plain loop (train one epoch, evaluate, record) with two ways to extend it:
 
-Everything here is for classification: a batch is ``(inputs, targets)``, the model returns logits
-shaped ``(batch, classes)`` and targets are int64 class indices ``(batch,)`` (or soft labels shaped
-like the logits). Inputs may be images ``(N, 3, H, W)`` or precomputed features ``(N, D)``.
+- a **step** (:mod:`course_lib.steps`) says what one batch computes: the loss and the metrics to
+  log. The default, :class:`~course_lib.steps.ClassificationStep`, is cross-entropy on
+  ``(inputs, targets)`` batches; domain adaptation, multi-task and continual learning pass their own.
+- **callbacks** (:mod:`course_lib.callbacks`) act between epochs and batches: stopping early,
+  unfreezing layers (19.3), tracking drift or an old task's accuracy (19.3, 19.7).
+
+``fit`` returns a :class:`~course_lib.history.History`. Train-once-then-load is
+:func:`course_lib.checkpoints.checkpoint_or_train`.
 """
 
 from __future__ import annotations
@@ -29,21 +29,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-# Re-exported so that `from course_lib.training import fit, History, EarlyStopping` keeps working.
-from course_lib.callbacks import Callback, EarlyStopping, History, LambdaCallback, TrackMetric, TrainerState
-from course_lib.checkpoints import checkpoint_or_train
+from course_lib.callbacks import Callback, TrainerState
+from course_lib.core import eval_mode, model_device, to_device
+from course_lib.history import History
+from course_lib.steps import ClassificationStep, check_step_output, split_inputs_and_targets
+from course_lib.validation import check_positive_int, check_positive_number
 
-__all__ = [
-    "Callback", "EarlyStopping", "History", "LambdaCallback", "TrackMetric", "TrainerState",
-    "checkpoint_or_train", "count_parameters", "eval_mode", "evaluate", "fit", "model_device", "predict",
-]
+__all__ = ["evaluate", "fit", "predict"]
+
+Step = Callable[[nn.Module, Any], Any]
 
 # Schedulers defined in optimizer steps (not epochs) are stepped after every batch.
 _PER_BATCH_SCHEDULERS = (torch.optim.lr_scheduler.OneCycleLR, torch.optim.lr_scheduler.CyclicLR)
-
-
-# ---------------------------------------------------------------------------------------------
-# fit
 
 
 def fit(
@@ -54,7 +51,9 @@ def fit(
     optimizer: torch.optim.Optimizer | None = None,
     lr: float = 1e-3,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step: Step | None = None,
     val_loader: Iterable | None = None,
+    val_step: Step | None = None,
     device: str | torch.device | None = None,
     scheduler: Any = None,
     callbacks: Sequence[Callback] = (),
@@ -67,7 +66,10 @@ def fit(
     - ``optimizer``: default ``Adam(lr)`` over the parameters with ``requires_grad=True``. Pass
       your own for parameter groups with different learning rates (19.3); each group's lr is
       recorded under ``"lr"``.
-    - ``loss_fn``: default cross-entropy. ``val_loader``: evaluated after every epoch.
+    - ``step``: what a batch computes (:mod:`course_lib.steps`); default a
+      :class:`~course_lib.steps.ClassificationStep` with ``loss_fn`` (default cross-entropy).
+      A step that is also a :class:`Callback` has its hooks run first.
+    - ``val_loader``: evaluated after every epoch with ``val_step`` (default: ``step``).
     - ``device``: default the model's device; batches are moved there.
     - ``scheduler``: OneCycleLR and CyclicLR are stepped after every batch, ReduceLROnPlateau
       after every epoch with the validation loss (the training loss without ``val_loader``),
@@ -77,17 +79,18 @@ def fit(
       the GPU supports it, else fp16 with gradient scaling); both are off on the CPU.
     """
     _check_fit_arguments(epochs, lr, callbacks)
+    step = _choose_step(step, loss_fn)
+    callbacks = [step, *callbacks] if isinstance(step, Callback) else list(callbacks)
     device = model_device(model, device)
     if optimizer is None:
         _check_not_all_frozen(model)
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
     precision = _Precision.choose(mixed_precision, device)
     # channels_last speeds up convolutions on CUDA tensor cores; on the CPU it rarely helps.
     channels_last = device.type == "cuda" if channels_last is None else bool(channels_last)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    batch_scheduler = scheduler if isinstance(scheduler, _PER_BATCH_SCHEDULERS) else None
+    loop = _Loop(step, precision, scheduler, channels_last, callbacks, progress)
     state = TrainerState(model=model, optimizer=optimizer, history=History(), device=device)
 
     epoch_bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
@@ -99,9 +102,10 @@ def fit(
         # Checked every epoch because callbacks may have frozen or unfrozen layers.
         _check_optimizer_holds_trainable(model, optimizer)
         record = {"epoch": epoch, "lr": [group["lr"] for group in optimizer.param_groups]}
-        record |= _train_one_epoch(state, train_loader, loss_fn, precision, batch_scheduler, channels_last, callbacks, progress)
+        record |= {f"train_{name}": value for name, value in loop.train_one_epoch(state, train_loader).items()}
         if val_loader is not None:
-            record |= {f"val_{name}": value for name, value in evaluate(model, val_loader, device, loss_fn).items()}
+            scores = evaluate(model, val_loader, device, step=val_step or step)
+            record |= {f"val_{name}": value for name, value in scores.items()}
         _step_epoch_scheduler(scheduler, record)
         record["seconds"] = round(time.perf_counter() - started, 3)
         state.history.append(record)
@@ -113,32 +117,36 @@ def fit(
     return state.history
 
 
-def _train_one_epoch(state: TrainerState, loader: Iterable, loss_fn: Callable, precision: _Precision, batch_scheduler: Any,
-                     channels_last: bool, callbacks: Sequence[Callback], progress: bool) -> dict[str, float]:
-    """One pass over ``loader`` with an optimizer step per batch; returns train loss and accuracy."""
-    model, optimizer = state.model, state.optimizer
-    tally = _Tally()
-    batches = tqdm(loader, desc=f"epoch {state.epoch}", leave=False, disable=not progress)
-    for index, batch in enumerate(batches):
-        state.batch = index
-        with precision.autocast():
-            logits, targets = _forward(model, batch, state.device, channels_last)
-            loss = loss_fn(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
-        if batch_scheduler is not None:
-            batch_scheduler.step()
-        state.batch_loss = tally.add(loss, logits, targets)
-        _run_callbacks(callbacks, "on_batch_end", state)
-    if tally.count == 0:
-        raise ValueError("train_loader yielded no batches: is the dataset empty, or drop_last=True with too few samples?")
-    return {"train_loss": tally.loss, "train_accuracy": tally.accuracy}
+@dataclasses.dataclass
+class _Loop:
+    """One epoch of fit: for each batch, the step's loss, a backward pass and an optimizer step."""
 
+    step: Step
+    precision: _Precision
+    scheduler: Any
+    channels_last: bool
+    callbacks: Sequence[Callback]
+    progress: bool
 
-# ---------------------------------------------------------------------------------------------
-# evaluate and predict
+    def train_one_epoch(self, state: TrainerState, loader: Iterable) -> dict[str, float]:
+        optimizer, tally = state.optimizer, _Tally()
+        per_batch_scheduler = isinstance(self.scheduler, _PER_BATCH_SCHEDULERS)
+        for index, batch in enumerate(tqdm(loader, desc=f"epoch {state.epoch}", leave=False, disable=not self.progress)):
+            state.batch = index
+            batch = to_device(batch, state.device, self.channels_last)
+            with self.precision.autocast():
+                output = check_step_output(self.step(state.model, batch), self.step, training=True)
+            optimizer.zero_grad(set_to_none=True)
+            self.precision.scaler.scale(output.loss).backward()
+            self.precision.scaler.step(optimizer)
+            self.precision.scaler.update()
+            if per_batch_scheduler:
+                self.scheduler.step()
+            state.batch_loss = tally.add(output)
+            _run_callbacks(self.callbacks, "on_batch_end", state)
+        if tally.count == 0:
+            raise ValueError("train_loader yielded no batches: is the dataset empty, or drop_last=True with too few samples?")
+        return tally.means()
 
 
 @torch.no_grad()
@@ -147,27 +155,29 @@ def evaluate(
     loader: Iterable,
     device: str | torch.device | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    *,
+    step: Step | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy of ``model`` over ``loader``: ``{"loss": ..., "accuracy": ...}``.
+    """Mean loss and metrics of ``model`` over ``loader``: ``{"loss": ..., "accuracy": ...}`` by default.
 
-    Runs in eval mode without gradients and puts every layer back into the mode it was in.
-    ``loss_fn`` (default cross-entropy) must average over the batch, as PyTorch's losses do.
+    ``step`` (default a :class:`~course_lib.steps.ClassificationStep` with ``loss_fn``) says what
+    a batch computes; the result has ``"loss"`` and each metric the step logs, averaged over the
+    examples. Runs in eval mode without gradients and puts every layer back into the mode it was in.
     """
     device = model_device(model, device)
-    loss_fn = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    step = _choose_step(step, loss_fn)
     tally = _Tally()
     with eval_mode(model):
         for batch in loader:
-            logits, targets = _forward(model, batch, device)
-            tally.add(loss_fn(logits, targets), logits, targets)
+            tally.add(check_step_output(step(model, to_device(batch, device)), step, training=False))
     if tally.count == 0:
         raise ValueError("The loader yielded no batches: is the dataset empty?")
-    return {"loss": tally.loss, "accuracy": tally.accuracy}
+    return tally.means()
 
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: Iterable, device: str | torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` for every sample of ``loader``, concatenated on the CPU.
+    """``(logits, targets)`` for every sample of a classification ``loader``, concatenated on the CPU.
 
     ``logits.argmax(1)`` gives the predicted classes (e.g. for a confusion matrix). Eval mode,
     no gradients; every layer's mode is restored afterwards.
@@ -176,163 +186,44 @@ def predict(model: nn.Module, loader: Iterable, device: str | torch.device | Non
     all_logits, all_targets = [], []
     with eval_mode(model):
         for batch in loader:
-            logits, targets = _forward(model, batch, device)
-            all_logits.append(logits.float().cpu())
+            inputs, targets = split_inputs_and_targets(to_device(batch, device))
+            all_logits.append(model(inputs).float().cpu())
             all_targets.append(targets.cpu())
     if not all_logits:
         raise ValueError("The loader yielded no batches: is the dataset empty?")
     return torch.cat(all_logits), torch.cat(all_targets)
 
 
-class eval_mode:
-    """Context manager: ``with eval_mode(model):`` runs in eval mode, then restores each layer's mode.
-
-    ``model.train(previous)`` would not do: it would also switch layers that were deliberately
-    left in eval mode (e.g. frozen BatchNorm layers during fine-tuning) back to train mode.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self) -> nn.Module:
-        self.modes = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        return self.model
-
-    def __exit__(self, *exc_info) -> None:
-        for module, was_training in self.modes:
-            module.training = was_training
-
-
 # ---------------------------------------------------------------------------------------------
-# Devices and parameter counts
+# fit's settings: the step, precision, arguments, optimizer, schedulers, callbacks, progress bar
 
 
-def model_device(model: nn.Module, requested: str | torch.device | None = None) -> torch.device:
-    """The device ``model`` is on (its first parameter's); a ``requested`` device must match it.
-
-    Asking for another device than the model's is an error rather than a silent move, because
-    moving the model would leave its optimizer's parameters behind.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    tensors = list(model.parameters()) or list(model.buffers())
-    device = tensors[0].device if tensors else torch.device("cpu")
-    if requested is not None and not _same_device(torch.device(requested), device):
-        raise ValueError(
-            f"The model is on {device} but device={str(requested)!r} was requested. Move the model "
-            f"first with model.to({str(requested)!r}), or pass device=None to use the model's device."
-        )
-    return device
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, frozen)`` numbers of parameters, e.g. to check what fine-tuning will change (19.2, 19.3)."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return trainable, frozen
-
-
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    # "cuda" without an index means the current GPU.
-    index = lambda d: d.index if d.index is not None else (torch.cuda.current_device() if d.type == "cuda" else 0)
-    return a.type == b.type and index(a) == index(b)
-
-
-# ---------------------------------------------------------------------------------------------
-# One batch: moving it, running the model, checking what came out
-
-
-def _forward(model: nn.Module, batch: Any, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, targets)`` of one batch, with inputs, targets and logits checked."""
-    inputs, targets = _to_device(batch, device, channels_last)
-    logits = model(inputs)
-    _check_logits_and_targets(logits, targets)
-    return logits, targets
-
-
-def _to_device(batch: Any, device: torch.device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split a batch into ``(inputs, targets)`` on ``device``, checking that it is one."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
-        what = f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-        raise TypeError(
-            f"Each batch must be a pair (inputs, targets), but the loader yielded {what}. Make the "
-            "dataset's __getitem__ return (input, label), e.g. with torch.utils.data.TensorDataset(x, y)."
-        )
-    inputs, targets = batch
-    if not isinstance(inputs, torch.Tensor) or not isinstance(targets, torch.Tensor):
-        raise TypeError(
-            f"Batches must hold tensors, got inputs of type {type(inputs).__name__} and targets of type "
-            f"{type(targets).__name__}. Convert them in the dataset (torch.as_tensor) or use a DataLoader."
-        )
-    non_blocking = device.type == "cuda"  # overlaps the copy with compute when memory is pinned
-    inputs = inputs.to(device, non_blocking=non_blocking)
-    targets = targets.to(device, non_blocking=non_blocking)
-    if channels_last and inputs.ndim == 4:
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
-    return inputs, targets
-
-
-def _check_logits_and_targets(logits: Any, targets: torch.Tensor) -> None:
-    """Catch the usual mistakes before the loss turns them into a cryptic error."""
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(
-            f"The model must return logits shaped (batch, classes), got {got}. "
-            "End the model with a linear layer over the classes (and flatten its input)."
-        )
-    if len(targets) != len(logits):
-        raise ValueError(f"The batch has {len(targets)} targets but the model returned {len(logits)} rows of logits.")
-    if targets.is_floating_point():
-        if targets.shape != logits.shape:
-            raise TypeError(
-                f"Targets are floats shaped {tuple(targets.shape)}. Class labels must be int64 class indices "
-                "shaped (batch,): convert with labels.long(); float targets must be soft labels shaped like "
-                f"the logits {tuple(logits.shape)}."
-            )
-        return
-    if targets.dtype != torch.int64 or targets.ndim != 1:
-        raise TypeError(
-            f"Targets must be int64 class indices shaped (batch,), got {targets.dtype} shaped "
-            f"{tuple(targets.shape)}. Convert with labels.long() (and labels.view(-1) for shape (batch, 1))."
-        )
-    low, high = targets.min().item(), targets.max().item()
-    if low < 0 or high >= logits.shape[1]:
-        raise ValueError(
-            f"Targets range over {low}..{high} but the model has {logits.shape[1]} outputs (classes 0.."
-            f"{logits.shape[1] - 1}). Give the head as many outputs as there are classes (models.replace_head)."
-        )
+def _choose_step(step: Step | None, loss_fn: Callable | None) -> Step:
+    if step is None:
+        return ClassificationStep(loss_fn)
+    if loss_fn is not None:
+        raise ValueError("Pass either step= or loss_fn=, not both: a custom step computes its own loss.")
+    if not callable(step):
+        raise TypeError(f"step must be a function (model, batch) -> StepOutput, got {step!r}.")
+    return step
 
 
 class _Tally:
-    """Running (sample-weighted) loss and accuracy over batches."""
+    """Running example-weighted means of the loss and of every metric over batches."""
 
     def __init__(self):
-        self.loss_sum, self.correct, self.count = 0.0, 0, 0
+        self.sums: dict[str, float] = {}
+        self.count = 0
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> float:
-        n = len(targets)
-        batch_loss = loss.item()
-        self.loss_sum += batch_loss * n
-        predicted = logits.argmax(dim=1)
-        labels = targets if targets.ndim == 1 else targets.argmax(dim=1)  # soft labels: their top class
-        self.correct += (predicted == labels).sum().item()
-        self.count += n
+    def add(self, output) -> float:
+        batch_loss = output.loss.item()
+        for name, value in {"loss": batch_loss, **output.metrics}.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value * output.size
+        self.count += output.size
         return batch_loss
 
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.count
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.count
-
-
-# ---------------------------------------------------------------------------------------------
-# fit's settings: precision, arguments, optimizer, schedulers, callbacks, progress bar
+    def means(self) -> dict[str, float]:
+        return {name: total / self.count for name, total in self.sums.items()}
 
 
 @dataclasses.dataclass
@@ -364,10 +255,8 @@ class _Precision:
 
 
 def _check_fit_arguments(epochs: int, lr: float, callbacks: Sequence[Callback]) -> None:
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
-    if not isinstance(lr, (int, float)) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}.")
+    check_positive_int(epochs, "epochs")
+    check_positive_number(lr, "lr")
     if isinstance(callbacks, Callback):
         raise TypeError("callbacks must be a list of callbacks: write callbacks=[my_callback].")
     for callback in callbacks:
@@ -414,5 +303,5 @@ def _run_callbacks(callbacks: Sequence[Callback], hook: str, state: TrainerState
 
 
 def _postfix(record: dict) -> dict[str, str]:
-    names = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-    return {name.replace("accuracy", "acc"): f"{record[name]:.3f}" for name in names if name in record}
+    shown = [name for name in record if name.startswith(("train_", "val_"))][:4]
+    return {name.replace("accuracy", "acc"): f"{record[name]:.3f}" for name in shown}

@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from course_lib.callbacks import Callback, EarlyStopping, History, LambdaCallback, TrackMetric
+from course_lib.callbacks import Callback, EarlyStopping, LambdaCallback, TrackMetric
+from course_lib.history import History
 from course_lib.training import evaluate
 
 from toy import loaders, quiet_fit, small_cnn

@@ -7,16 +7,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from course_lib import callbacks, checkpoints, training
-from course_lib.training import (
-    EarlyStopping,
-    LambdaCallback,
-    count_parameters,
-    eval_mode,
-    evaluate,
-    model_device,
-    predict,
-)
+from course_lib.callbacks import EarlyStopping, LambdaCallback
+from course_lib.core import count_parameters, eval_mode, model_device
+from course_lib.training import evaluate, predict
 
 from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn
 
@@ -238,17 +231,3 @@ def test_count_parameters_splits_trainable_and_frozen():
     with pytest.raises(TypeError, match="nn.Module"):
         count_parameters("resnet")
 
-
-# ---------------------------------------------------------------------------------------------
-# re-exports
-
-
-@pytest.mark.parametrize("name", ["Callback", "EarlyStopping", "History", "LambdaCallback", "TrackMetric", "TrainerState"])
-def test_training_re_exports_the_callbacks(name):
-    assert getattr(training, name) is getattr(callbacks, name)
-    assert name in training.__all__
-
-
-def test_training_re_exports_checkpoint_or_train():
-    assert training.checkpoint_or_train is checkpoints.checkpoint_or_train
-    assert "checkpoint_or_train" in training.__all__

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from course_lib.config import default_cache_dir
+from course_lib.core import atomic_write
 from course_lib.world.domains import Domain, get_domain
 from course_lib.world.render import ATTRIBUTE_NAMES, GENERATOR_VERSION, render_batch
 from course_lib.world.shapes import shape_class
@@ -231,11 +231,5 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray], fingerprint: str) ->
     content = {key: arrays[key] for key in ("images", "labels", "attributes", "boxes")}
     content["packed_masks"] = np.packbits(arrays["masks"], axis=-1)  # 8x smaller than bools
     content.update(checksum=np.array(_checksum(arrays), np.int64), fingerprint=np.array(fingerprint))
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as temporary, open(temporary, "wb") as file:
+        np.savez(file, **content)
