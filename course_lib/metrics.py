@@ -1,36 +1,34 @@
-"""Metrics: the numbers the chapters measure, in one place.
+"""Metrics: the numbers the chapters measure about a model's outputs and representations.
 
 - :func:`accuracy` of logits against class labels (every chapter; ``fit`` logs it);
 - :func:`linear_cka` and :func:`cka_matrix`: how similar two representations are (19.1);
-- :func:`weight_drift`: how far fine-tuning moved each layer group from its pretrained weights (19.3);
-- :func:`old_task_accuracy`: how well a fine-tuned backbone still does its source task (19.3, 19.7).
+- :func:`box_iou`, :func:`box_iou_matched` and :func:`mask_iou`: how well predicted boxes and
+  masks overlap the true ones (19.6);
+- :func:`mean_confidence_interval`: a mean over seeds or few-shot episodes with its 95% interval (19.5).
 
-Metrics are plain functions of tensors (or of a model and a loader); none of them trains
-anything or changes the model it measures.
+What *training* changed (weight drift, an old task's accuracy, the accuracy matrix of a task
+sequence) is measured in :mod:`course_lib.forgetting`. Every function here checks its input,
+so that a wrong shape fails with a message rather than as a silently wrong number in a plot,
+and none of them trains anything or changes what it measures.
 """
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-from course_lib.core import eval_mode, model_device
-from course_lib.models import get_head, layer_groups, remove_head
-from course_lib.validation import check_module
+__all__ = ["accuracy", "box_iou", "box_iou_matched", "cka_matrix", "linear_cka", "mask_iou", "mean_confidence_interval"]
 
-__all__ = ["accuracy", "cka_matrix", "linear_cka", "old_task_accuracy", "weight_drift"]
-
+Array = torch.Tensor | np.ndarray
 _MATRIX_POOLS = ("flatten", "avg")
-_WHOLE_MODEL = "the whole model (a torch.nn.Module)"
 
 
 # ---------------------------------------------------------------------------------------------
-# Accuracy
+# Accuracy and confidence intervals
 
 
 def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
@@ -47,6 +45,114 @@ def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:
     if len(logits) == 0:
         raise ValueError("logits is empty: accuracy needs at least one example.")
     return (logits.argmax(dim=1) == labels).double().mean().item()
+
+
+def mean_confidence_interval(values: Array | Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean of ``values`` and the half-width of its Student-t confidence interval (19.5).
+
+    ``half_width = t_{(1+confidence)/2, n-1} * s / sqrt(n)`` with ``s`` the sample standard deviation;
+    report ``mean ± half_width`` over independent few-shot episodes or seeds.
+    """
+    from scipy import stats  # imported here: scipy.stats is slow to import and only this function needs it
+
+    values = torch.as_tensor(values, dtype=torch.float64).cpu().numpy()
+    if values.ndim != 1 or len(values) < 2:
+        raise ValueError(f"values must be a 1-D sequence of at least 2 numbers; got shape {values.shape}. "
+                         "One run has no spread: run more episodes or seeds.")
+    if not np.isfinite(values).all():
+        raise ValueError("values contains NaN or infinite numbers; drop the failed runs or fix them.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie strictly between 0 and 1 (e.g. 0.95), got {confidence}.")
+    t = stats.t.ppf((1 + confidence) / 2, df=len(values) - 1)
+    return float(values.mean()), float(t * values.std(ddof=1) / math.sqrt(len(values)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boxes and masks (19.6)
+
+
+def _check_boxes(boxes: Array, name: str) -> torch.Tensor:
+    """``boxes`` as a float tensor of valid ``(x0, y0, x1, y1)`` rows, or an error saying what is wrong."""
+    boxes = torch.as_tensor(boxes)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{name} must have shape (N, 4), one (x0, y0, x1, y1) box a row; got {tuple(boxes.shape)}. "
+                         "For a single box use box[None].")
+    if boxes.dtype == torch.bool:
+        raise TypeError(f"{name} must hold pixel coordinates (float or int), got {boxes.dtype}.")
+    boxes = boxes if boxes.is_floating_point() else boxes.float()
+    if not torch.isfinite(boxes).all():
+        raise ValueError(f"{name} contains NaN or infinite coordinates; check the predictions that produced it.")
+    if (boxes[:, 2] < boxes[:, 0]).any() or (boxes[:, 3] < boxes[:, 1]).any():
+        raise ValueError(f"{name} has boxes with x1 < x0 or y1 < y0; boxes are (x0, y0, x1, y1) corners, not "
+                         "(x, y, width, height). Sort predicted corners with torch.minimum/torch.maximum.")
+    return boxes
+
+
+def _iou_of_corners(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of boxes ``a`` and ``b`` of broadcastable shapes ``(..., 4)``."""
+    # Corners are (x0, y0) = [..., :2] and (x1, y1) = [..., 2:]; the overlap's sides are clamped at 0.
+    overlap = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+    intersection = overlap.prod(dim=-1)
+    union = (a[..., 2:] - a[..., :2]).prod(dim=-1) + (b[..., 2:] - b[..., :2]).prod(dim=-1) - intersection
+    # Two zero-area boxes have an empty union: their IoU is 0, not 0 / 0. The clamp keeps the unused
+    # branch of torch.where finite too, so gradients stay finite when IoU is used in a loss.
+    return torch.where(union > 0, intersection / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+
+
+def box_iou(boxes_a: Array, boxes_b: Array) -> torch.Tensor:
+    """Intersection over union of every box in ``boxes_a`` ``(N, 4)`` with every box in ``boxes_b`` ``(M, 4)`` (19.6).
+
+    Boxes are ``(x0, y0, x1, y1)`` in pixels with ``x1``/``y1`` exclusive, as ``ShapeWorld.boxes`` stores
+    them (``course_lib.world.render.boxes_from_masks``): a box's area is ``(x1 - x0) * (y1 - y0)``, with
+    no ``+ 1``, and boxes that only touch along an edge have IoU 0. Returns an ``(N, M)`` tensor; two
+    zero-area boxes have IoU 0. Plain torch, so it runs where ``torchvision.ops`` kernels do not.
+    """
+    a, b = _check_boxes(boxes_a, "boxes_a"), _check_boxes(boxes_b, "boxes_b")
+    return _iou_of_corners(a[:, None, :], b[None, :, :])
+
+
+def box_iou_matched(pred: Array, target: Array) -> torch.Tensor:
+    """IoU of each predicted box with *its own* target box: ``(N, 4)`` and ``(N, 4)`` give ``(N,)`` (19.6).
+
+    The diagonal of :func:`box_iou`, without computing the rest; same box convention.
+    """
+    pred, target = _check_boxes(pred, "pred"), _check_boxes(target, "target")
+    if len(pred) != len(target):
+        raise ValueError(f"pred has {len(pred)} boxes but target has {len(target)}; they must be matched one to one.")
+    return _iou_of_corners(pred, target)
+
+
+def _binary_mask(mask: Array, name: str, threshold: float | None) -> torch.Tensor:
+    """``mask`` as bool; floats in [0, 1] are thresholded when ``threshold`` is given (predictions only)."""
+    mask = torch.as_tensor(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"{name} must have shape (N, H, W); got {tuple(mask.shape)}. For one mask use mask[None].")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.is_floating_point() and threshold is not None:
+        if not ((mask >= 0) & (mask <= 1)).all():  # NaN fails both comparisons
+            raise ValueError(f"{name} has NaN or values outside [0, 1]; if these are logits, apply torch.sigmoid first.")
+        return mask > threshold
+    if not ((mask == 0) | (mask == 1)).all():
+        raise ValueError(f"{name} must be bool or hold only 0 and 1 (no NaN); for a class-index mask compare first (mask == k).")
+    return mask == 1
+
+
+def mask_iou(pred: Array, target: Array, threshold: float = 0.5) -> torch.Tensor:
+    """IoU of each predicted mask with its target mask: ``(N, H, W)`` and ``(N, H, W)`` give ``(N,)`` (19.6).
+
+    ``|pred AND target| / |pred OR target|`` per mask. ``target`` is bool or 0/1; ``pred`` may also hold
+    probabilities, foreground where ``> threshold``. When both masks are empty the prediction is exactly
+    right, so their IoU is 1 (a plain division would give 0 / 0).
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie strictly between 0 and 1, got {threshold}.")
+    pred, target = _binary_mask(pred, "pred", threshold), _binary_mask(target, "target", None)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape.")
+    intersection = (pred & target).sum(dim=(1, 2)).double()
+    union = (pred | target).sum(dim=(1, 2)).double()
+    return torch.where(union > 0, intersection / union.clamp(min=1), 1.0).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,67 +292,3 @@ def _centre_columns(features: torch.Tensor, name: str) -> torch.Tensor:
 def _clip_unit(value: float) -> float:
     # Rounding can push a true 1.0 a hair above 1; the exact value always lies in [0, 1].
     return min(max(value, 0.0), 1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# What fine-tuning changed (19.3) and what it forgot (19.7)
-
-
-def weight_drift(model: nn.Module, pretrained: Mapping[str, torch.Tensor] | nn.Module) -> dict[str, float]:
-    """How far each layer group has moved from the pretrained weights: ``||w - w0|| / ||w0||`` per group.
-
-    ``pretrained`` is the model before fine-tuning, or a *copy* of its state
-    (``copy.deepcopy(model.state_dict())``: a plain ``state_dict()`` shares memory with the model
-    and moves with it). The head is left out when its shape differs (a new head has no pretrained
-    weights to drift from). 0 means untouched; 0.1 means the group moved by a tenth of its size.
-    """
-    model = check_module(model, "weight_drift", what=_WHOLE_MODEL)
-    reference = pretrained.state_dict() if isinstance(pretrained, nn.Module) else pretrained
-    if not isinstance(reference, Mapping):
-        raise TypeError(f"pretrained must be a model or its state_dict(), got {type(pretrained).__name__}.")
-    names = {id(p): name for name, p in model.named_parameters()}
-    drift = {}
-    for group, params in layer_groups(model):
-        pairs = [(names[id(p)], p, reference.get(names[id(p)])) for p in params]
-        missing = [name for name, _, w0 in pairs if w0 is None]
-        mismatched = [name for name, p, w0 in pairs if w0 is not None and w0.shape != p.shape]
-        if group == "head" and (missing or mismatched):
-            continue  # a replaced head: nothing to compare with
-        if missing or mismatched:
-            raise ValueError(
-                f"The pretrained weights do not match the model's {group!r} "
-                f"({'missing ' + repr(missing[0]) if missing else 'a different shape for ' + repr(mismatched[0])}): "
-                "pass the state of the same architecture before fine-tuning."
-            )
-        moved = sum(float((p.detach().cpu() - w0.cpu()).pow(2).sum()) for _, p, w0 in pairs)
-        size = sum(float(w0.cpu().pow(2).sum()) for _, _, w0 in pairs)
-        drift[group] = (moved / size) ** 0.5 if size > 0 else 0.0
-    return drift
-
-
-def old_task_accuracy(model: nn.Module, old_head: nn.Linear, loader: Iterable) -> float:
-    """Accuracy on the source task of ``model``'s backbone *as it is now*, with the source model's head put back.
-
-    Fine-tuning replaced the head, so the source task can only be scored by giving the moved
-    backbone its old head again. Tracked during fine-tuning (19.3) with
-    ``TrackMetric(lambda m: old_task_accuracy(m, source_head, source_loader), "source_accuracy")``;
-    the fall of this number is the catastrophic forgetting of chapter 19.7.
-    """
-    if not isinstance(old_head, nn.Linear):
-        raise TypeError(f"old_head must be the source model's nn.Linear head (get_head(source_model)), got {type(old_head).__name__}.")
-    body = remove_head(copy.deepcopy(check_module(model, "old_task_accuracy", what=_WHOLE_MODEL)))
-    feature_dim = get_head(model).in_features
-    if old_head.in_features != feature_dim:
-        raise ValueError(f"old_head takes {old_head.in_features} features but the backbone gives {feature_dim}: "
-                         "pass the head of the same architecture's source model.")
-    device = model_device(model)
-    source_model = nn.Sequential(body, copy.deepcopy(old_head).to(device))
-    correct, count = 0, 0
-    with torch.no_grad(), eval_mode(source_model):
-        for inputs, targets in loader:
-            predicted = source_model(inputs.to(device)).argmax(dim=1)
-            correct += int((predicted == targets.to(device)).sum())
-            count += len(targets)
-    if count == 0:
-        raise ValueError("The loader yielded no batches: is the dataset empty?")
-    return correct / count

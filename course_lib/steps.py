@@ -79,8 +79,9 @@ class PairedLoader:
 
     def __init__(self, first: Iterable, second: Iterable):
         for name, loader in (("first", first), ("second", second)):
-            if not hasattr(loader, "__iter__") or not hasattr(loader, "__len__"):
-                raise TypeError(f"{name} must be a DataLoader (iterable, with a length), got {type(loader).__name__}.")
+            # An iterator can be read only once, but the second loader is restarted whenever it runs out.
+            if isinstance(loader, Iterator) or not hasattr(loader, "__iter__") or not hasattr(loader, "__len__"):
+                raise TypeError(f"{name} must be a DataLoader (re-iterable, with a length), got {type(loader).__name__}.")
         if len(second) == 0:
             raise ValueError("second yields no batches: is its dataset empty?")
         self.first, self.second = first, second

@@ -20,7 +20,7 @@ from course_lib.finetuning import (
 )
 from course_lib.freezing import FreezeBatchNorm, batchnorm_statistics, freeze
 from course_lib.history import History
-from course_lib.metrics import old_task_accuracy, weight_drift
+from course_lib.forgetting import old_task_accuracy, weight_drift
 from course_lib.models import CourseResNet, get_head, layer_groups, remove_head, replace_head
 from course_lib.training import evaluate, fit
 
