@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.callbacks import History, LambdaCallback, TrackMetric
-from course_lib.checks import check_param_groups_cover
+from course_lib.model_checks import check_param_groups_cover
 from course_lib.finetuning import (
     STRATEGIES, FreezeBatchNorm, GradualUnfreezing, compare_with_rule, fine_tune, fine_tune_copy, layer_groups,
     layerwise_lr_groups, old_task_accuracy, rule_of_thumb, train_last_stages, trainable_groups_at, weight_drift,
