@@ -13,14 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.callbacks import LambdaCallback, TrackMetric
-from course_lib.checks import check_param_groups_cover
 from course_lib.experiments import compare_with_rule, fine_tune_copy, rule_of_thumb
 from course_lib.finetuning import (
     STRATEGIES, GradualUnfreezing, fine_tune, layerwise_lr_groups, train_last_stages, trainable_groups_at,
 )
+from course_lib.forgetting import old_task_accuracy, weight_drift
 from course_lib.freezing import FreezeBatchNorm, batchnorm_statistics, freeze
 from course_lib.history import History
-from course_lib.forgetting import old_task_accuracy, weight_drift
+from course_lib.model_checks import check_param_groups_cover
 from course_lib.models import CourseResNet, get_head, layer_groups, remove_head, replace_head
 from course_lib.training import evaluate, fit
 
