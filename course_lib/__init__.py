@@ -1,27 +1,67 @@
 """course_lib: the shared library of *Transfer Learning, Hands-On*.
 
-Every notebook starts with ``cfg = course_lib.setup()``. The modules, one idea each:
+Every notebook starts with ``cfg = course_lib.setup()``. One idea per module, in layers listed
+from the bottom up: a module may import from its own layer and the layers listed before it,
+never from one listed after it, and no two modules import each other, even indirectly
+(``tests/test_layers.py`` checks both).
 
-- :mod:`course_lib.config`   profiles, seeding, device choice, folders (``setup``)
-- :mod:`course_lib.world`    the course's procedural image world (offline datasets)
-- :mod:`course_lib.data`     loaders for real torchvision datasets (``real`` profile)
-- :mod:`course_lib.models`   the course's source model and real backbones (``load_backbone``)
-- :mod:`course_lib.training` ``fit`` / ``evaluate`` / ``predict``: the training loop
-- :mod:`course_lib.callbacks` training history and small callbacks (early stopping, tracking)
+**Foundations** (import nothing else from the library)
+
+- :mod:`course_lib.core`        eval_mode, model_device, to_device, count_parameters, atomic_write
+- :mod:`course_lib.validation`  input checks with helpful errors: counts, rates, models, features, labels
+- :mod:`course_lib.config`      profiles, sizes, seeding, device choice, folders (``setup``)
+
+**Vocabulary**: the data, models and numbers everything else talks about
+
+- :mod:`course_lib.world`       the course's procedural image world (offline datasets)
+- :mod:`course_lib.models`      the course's source model, real backbones (``load_backbone``), heads, stages, layer groups
+- :mod:`course_lib.metrics`     accuracy, box and mask IoU, confidence intervals, linear CKA
+- :mod:`course_lib.history`     the per-epoch record of a training run (``History``)
+- :mod:`course_lib.figures`     figure plumbing shared by the plotting modules
+- :mod:`course_lib.checks`      assertions on values with helpful messages, for exercises
+
+**Building blocks**
+
+- :mod:`course_lib.data`        each lesson's target task in every profile; real torchvision datasets
+- :mod:`course_lib.features`    batched feature extraction with an on-disk cache
+- :mod:`course_lib.callbacks`   hooks into fit: early stopping, tracking, scheduled changes
 - :mod:`course_lib.checkpoints` checkpoint-or-train: train once, then load
-- :mod:`course_lib.features` batched feature extraction with an on-disk cache
-- :mod:`course_lib.representations` probing what a network learned: activations, CKA, linear probes (19.1)
-- :mod:`course_lib.freezing` freezing a backbone for good: ``FrozenBackbone``, BatchNorm drift (19.2)
-- :mod:`course_lib.heads`    classifiers on frozen features: k-nearest neighbours, logistic regression (19.2)
-- :mod:`course_lib.experiments` data-efficiency curves over sizes and seeds, the from-scratch baseline (19.2)
-- :mod:`course_lib.finetuning` fine-tuning strategies: layer groups and rates, gradual unfreezing, LP-FT, drift (19.3)
-- :mod:`course_lib.plots`    image grids, curves, confusion matrices, embeddings
-- :mod:`course_lib.checks`   assertions with helpful messages for exercises
-- :mod:`course_lib.pretrain` the command that pretrains the source model (``python -m course_lib.pretrain``)
-- :mod:`course_lib.bench`    the benchmark command (``make bench``)
+- :mod:`course_lib.steps`       what one batch computes: ``ClassificationStep``, ``PairedLoader``
+- :mod:`course_lib.plots`       charts: training curves, curves, heatmaps, confusion matrices, embeddings
+- :mod:`course_lib.image_grids` pictures: image batches, first-layer filters, feature maps
+- :mod:`course_lib.model_checks` assertions on models and optimizers, for exercises
+
+**The training loop**
+
+- :mod:`course_lib.training`    ``fit`` / ``evaluate`` / ``predict``
+
+**Chapter tools**
+
+- :mod:`course_lib.activations` what chosen layers compute for a batch (19.1)
+- :mod:`course_lib.probes`      linear probes, nearest neighbours, the transferability curve (19.1, 19.2)
+- :mod:`course_lib.freezing`    freezing for good: ``FrozenBackbone``, BatchNorm statistics (19.2, 19.3)
+- :mod:`course_lib.heads`       classifiers on frozen features: k-nearest neighbours, logistic regression (19.2)
+- :mod:`course_lib.forgetting`  what training changed: weight drift, old-task accuracy, the accuracy matrix (19.3, 19.7)
+- :mod:`course_lib.finetuning`  fine-tuning strategies: layer-wise rates, gradual unfreezing, LP-FT (19.3)
+- :mod:`course_lib.experiments` data-efficiency curves, the from-scratch baseline, one budget per run (19.2, 19.3)
+
+**Commands**
+
+- :mod:`course_lib.pretrain`    pretrains the source model (``python -m course_lib.pretrain``)
+- :mod:`course_lib.bench`       the benchmark (``make bench``)
 """
 
 from course_lib.config import CourseConfig, setup
 
-__all__ = ["CourseConfig", "setup"]
+__all__ = ["LAYERS", "CourseConfig", "setup"]
 __version__ = "0.1.0"
+
+# The layers of the docstring, bottom first; tests/test_layers.py holds every module to them.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundations", ("core", "validation", "config")),
+    ("vocabulary", ("world", "models", "metrics", "history", "figures", "checks")),
+    ("building blocks", ("data", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
+    ("the training loop", ("training",)),
+    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments")),
+    ("commands", ("pretrain", "bench")),
+)
