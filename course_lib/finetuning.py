@@ -12,7 +12,7 @@ different answer to three questions:
   (:class:`course_lib.freezing.FreezeBatchNorm`) or update them.
 
 Groups come from :func:`course_lib.models.layer_groups`; how far each moved is
-:func:`course_lib.metrics.weight_drift`. :func:`fine_tune` runs a strategy by name, so that a
+:func:`course_lib.forgetting.weight_drift`. :func:`fine_tune` runs a strategy by name, so that a
 comparison runs every one the same way; the comparison itself (the same budget for every run,
 the size rule) is in :mod:`course_lib.experiments`.
 """
@@ -66,7 +66,7 @@ def train_last_stages(model: nn.Module, k: int) -> nn.Module:
     """Partial fine-tuning: freeze the model, then unfreeze its head and its last ``k`` layer groups.
 
     ``k=0`` is a linear probe; ``k=len(layer_groups(model)) - 1`` trains everything. Returns the
-    model (changed in place). BatchNorm statistics are a separate choice: see :class:`FreezeBatchNorm`.
+    model (changed in place). BatchNorm statistics are a separate choice: see :class:`~course_lib.freezing.FreezeBatchNorm`.
     """
     groups = layer_groups(check_module(model, "train_last_stages", what=_WHOLE_MODEL))
     if not is_int(k) or not 0 <= k <= len(groups) - 1:
@@ -161,7 +161,7 @@ def fine_tune(
       then the rest as full fine-tuning of everything at ``lr``, from the probed head (Kumar et al., 2022).
 
     ``freeze_batchnorm=True`` keeps every BatchNorm layer's statistics as pretrained
-    (:class:`FreezeBatchNorm`). Returns the :class:`~course_lib.callbacks.History`; for LP-FT
+    (:class:`~course_lib.freezing.FreezeBatchNorm`). Returns the :class:`~course_lib.history.History`; for LP-FT
     both stages are in one history, epochs numbered on from the probe's.
     """
     if strategy not in STRATEGIES:

@@ -5,11 +5,17 @@ trained on the vectors. Chapter 19.2 compares three:
 
 - a linear head trained in PyTorch (``nn.Linear`` with :func:`course_lib.training.fit` on
   :func:`course_lib.features.feature_loader`, or the probe
-  :func:`course_lib.representations.linear_probe_accuracy`);
+  :func:`course_lib.probes.linear_probe_accuracy`);
 - scikit-learn's logistic regression (:func:`logistic_regression_accuracy`), the same model fitted
   by a second-order solver;
 - k-nearest neighbours (:func:`knn_predict`), which trains nothing at all: it only stores the
   labelled vectors and lets the closest ones vote.
+
+The neighbour search is one ``torch.topk`` (:func:`course_lib.probes.nearest_neighbours`), so it
+runs on the GPU with the features; the vote is written out rather than taken from scikit-learn's
+``KNeighborsClassifier`` because that one breaks ties by class order, and the course's rule (the
+class with the nearest neighbour wins a tie, so ``k=1`` is the nearest neighbour's class) is part
+of what chapter 19.2 explains.
 """
 
 from __future__ import annotations

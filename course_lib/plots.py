@@ -33,7 +33,7 @@ def _history_as_dict(history, what: str) -> dict:
     if not isinstance(history, Mapping):
         raise TypeError(
             f"{what} must be a dict like {{'train_loss': [...], 'val_loss': [...]}} or have an as_dict() "
-            f"method (course_lib.training.History), got {type(history).__name__}."
+            f"method (course_lib.history.History), got {type(history).__name__}."
         )
     return dict(history)
 
