@@ -23,7 +23,8 @@ never from one listed after it, and no two modules import each other, even indir
 **Building blocks**
 
 - :mod:`course_lib.data`        each lesson's target task in every profile; real torchvision datasets
-- :mod:`course_lib.features`    batched feature extraction with an on-disk cache
+- :mod:`course_lib.feature_cache` extracted features on disk, keyed by weights, layer, data and transform
+- :mod:`course_lib.features`    batched feature extraction (cached)
 - :mod:`course_lib.callbacks`   hooks into fit: early stopping, tracking, scheduled changes
 - :mod:`course_lib.checkpoints` checkpoint-or-train: train once, then load
 - :mod:`course_lib.steps`       what one batch computes: ``ClassificationStep``, ``PairedLoader``
@@ -60,7 +61,7 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("core", "validation", "config")),
     ("vocabulary", ("world", "models", "metrics", "history", "figures", "checks")),
-    ("building blocks", ("data", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
+    ("building blocks", ("data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
     ("the training loop", ("training",)),
     ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments")),
     ("commands", ("pretrain", "bench")),

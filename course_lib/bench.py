@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Subset
 
 from course_lib.data import FAR_DOMAIN, dataset_targets
 from course_lib.experiments import compare_with_rule, data_efficiency_curve, fine_tune_copy, scratch_accuracy
-from course_lib.features import FeatureCache, extract_features, feature_loader
+from course_lib.feature_cache import FeatureCache
+from course_lib.features import extract_features, feature_loader
 from course_lib.freezing import FrozenBackbone
 from course_lib.heads import knn_accuracy
 from course_lib.models import load_backbone, replace_head

@@ -25,7 +25,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from course_lib.activations import named_layers
-from course_lib.features import FeatureCache, extract_features
+from course_lib.feature_cache import FeatureCache
+from course_lib.features import extract_features
 from course_lib.models import stage_names
 from course_lib.validation import check_class_labels, check_feature_matrix, check_same_feature_space
 

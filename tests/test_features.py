@@ -9,15 +9,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from course_lib.features import (
-    FeatureCache,
-    data_fingerprint,
-    extract_features,
-    feature_loader,
-    features_dataset,
-    layer_names,
-    weights_fingerprint,
-)
+from course_lib.feature_cache import FeatureCache, data_fingerprint, weights_fingerprint
+from course_lib.features import extract_features, feature_loader, features_dataset, layer_names
 from course_lib.training import fit
 
 
