@@ -38,20 +38,7 @@ def capture_activations(model: nn.Module, images: torch.Tensor, layers: Sequence
     layer's own shape, e.g. ``(N, C, H, W)`` for a convolutional stage. For a whole dataset, use
     :func:`course_lib.features.extract_features` instead (batched and cached).
     """
-    check_module(model, "capture_activations")
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(
-            f"images must be a tensor batch, got {type(images).__name__}; stack dataset images with "
-            "torch.stack([dataset[i][0] for i in range(n)])."
-        )
-    if images.ndim < 2:
-        raise ValueError(
-            f"images must be a batch with a leading batch dimension, got shape {tuple(images.shape)}; "
-            "add one with images.unsqueeze(0)."
-        )
-    device = model_device(model)
-    if images.device != device and not (images.device.type == device.type == "cuda"):
-        raise ValueError(f"images are on {images.device} but the model is on {device}: move them with images.to({str(device)!r}).")
+    _check_images(check_module(model, "capture_activations"), images)
     modules = named_layers(model, layers)
 
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in modules}
@@ -75,15 +62,30 @@ def capture_activations(model: nn.Module, images: torch.Tensor, layers: Sequence
         for hook in hooks:
             hook.remove()  # a forgotten hook would keep copying in every later forward pass
 
-    activations = {}
     for name, outputs in captured.items():
         if len(outputs) != 1:
             raise RuntimeError(
                 f"Layer {name!r} ran {len(outputs)} times in one forward pass; pick a layer that runs exactly "
                 "once (a module that is skipped, or shared and called twice, has no single output)."
             )
-        activations[name] = outputs[0]
-    return activations
+    return {name: outputs[0] for name, outputs in captured.items()}
+
+
+def _check_images(model: nn.Module, images: object) -> None:
+    """A batch of images on the model's device, or an error that says how to make one."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(
+            f"images must be a tensor batch, got {type(images).__name__}; stack dataset images with "
+            "torch.stack([dataset[i][0] for i in range(n)])."
+        )
+    if images.ndim < 2:
+        raise ValueError(
+            f"images must be a batch with a leading batch dimension, got shape {tuple(images.shape)}; "
+            "add one with images.unsqueeze(0)."
+        )
+    device = model_device(model)
+    if images.device != device and not (images.device.type == device.type == "cuda"):
+        raise ValueError(f"images are on {images.device} but the model is on {device}: move them with images.to({str(device)!r}).")
 
 
 def named_layers(model: nn.Module, layers: Sequence[str]) -> dict[str, nn.Module]:
