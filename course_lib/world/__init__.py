@@ -7,17 +7,20 @@ phone, sketch, night, texture) for domain shift. Every image comes with its labe
 bounding box and segmentation mask. Modules, one idea each:
 
 - :mod:`~course_lib.world.shapes`   the shape catalogue (implicit functions, attributes, text)
+- :mod:`~course_lib.world.glyphs`   the generated novel classes, outlines from a number alone
 - :mod:`~course_lib.world.domains`  nuisance factors and the named domains
-- :mod:`~course_lib.world.render`   the batched NumPy renderer
+- :mod:`~course_lib.world.render`   the batched NumPy renderer: shapes, fills and backgrounds
+- :mod:`~course_lib.world.camera`   the domain's photograph: lighting, colour cast, blur, noise
 - :mod:`~course_lib.world.dataset`  the ``ShapeWorld`` dataset, its cache and normalisation
 - :mod:`~course_lib.world.splits`   class splits and continual-learning task sequences
 """
 
 from course_lib.world.dataset import WORLD_MEAN, WORLD_STD, ShapeWorld, normalize
 from course_lib.world.domains import DOMAINS, Domain, get_domain
+from course_lib.world.glyphs import novel_classes
 from course_lib.world.render import ATTRIBUTE_NAMES, GENERATOR_VERSION, RenderedBatch, render_batch, world_generation_speed
 from course_lib.world.shapes import (
-    CLASS_ATTRIBUTE_NAMES, NAMED_SHAPES, ShapeClass, class_attributes, describe_class, novel_classes, shape_class,
+    CLASS_ATTRIBUTE_NAMES, NAMED_SHAPES, ShapeClass, class_attributes, describe_class, shape_class,
 )
 from course_lib.world.splits import SOURCE_CLASSES, SPLITS, TARGET_CLASSES, Task, task_sequence
 

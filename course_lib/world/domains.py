@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Union
 
+import numpy as np
+
 Range = tuple[float, float]
 RangeLike = Union[float, int, tuple[float, float]]
 
@@ -126,6 +128,11 @@ DOMAINS: dict[str, Domain] = {
         background_value=(0.7, 0.95), p_textured=1.0, p_texture_background=1.0, texture_period=(5.0, 9.0),
     ),
 }
+
+
+def lerp(low_high: Range, u: np.ndarray) -> np.ndarray:
+    """Values of a ``(low, high)`` range at uniform numbers ``u`` in [0, 1): how a domain's ranges are drawn."""
+    return low_high[0] + (low_high[1] - low_high[0]) * u
 
 
 def get_domain(domain: str | Domain) -> Domain:

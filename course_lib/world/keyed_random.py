@@ -8,9 +8,14 @@ batch at once: the same image comes out of any batch, in any order, on any machi
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+# A renderer's source of numbers: (purpose, count) -> (N, count) keyed uniform numbers, one row per image.
+Draws = Callable[[int, int], np.ndarray]
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

@@ -1,5 +1,8 @@
 """The batched NumPy renderer: shape functions on a pixel grid, then the domain's nuisances.
 
+:func:`render_batch` is the recipe: pose, shape, style, fill, background, then the camera
+(:mod:`course_lib.world.camera`) and the annotations.
+
 All work is done on arrays of shape ``(N, H, W)`` for a whole batch at once. Per image, two
 independent sets of random numbers (see :mod:`course_lib.world.keyed_random`) decide
 
@@ -15,7 +18,6 @@ signed distance ``d`` (in pixels) into coverage ``clip(0.5 - d, 0, 1)``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 import zlib
@@ -23,8 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from course_lib.world.domains import Domain, get_domain
-from course_lib.world.keyed_random import keyed_uniform
+from course_lib.world.camera import photograph, ramp
+from course_lib.world.domains import Domain, get_domain, lerp
+from course_lib.world.keyed_random import Draws, keyed_uniform
 from course_lib.world.shapes import CLASS_ATTRIBUTE_NAMES, shape_class
 
 GENERATOR_VERSION = 1  # bump whenever a change alters pixels: it invalidates every cache
@@ -32,7 +35,6 @@ IMAGE_ATTRIBUTE_NAMES = ("filled", "textured", "relative_size", "hue", "saturati
 ATTRIBUTE_NAMES = CLASS_ATTRIBUTE_NAMES + IMAGE_ATTRIBUTE_NAMES
 MIN_RADIUS, MAX_RADIUS = 0.18, 0.375  # shape's outer radius as a fraction of the image side
 _GEOMETRY_STREAM = 1
-_NOISE_BANK_SIDE = 512
 _CLUTTER_STROKES = 5
 
 
@@ -53,10 +55,6 @@ def _col(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)[:, None, None]
 
 
-def _lerp(low_high: tuple[float, float], u: np.ndarray) -> np.ndarray:
-    return low_high[0] + (low_high[1] - low_high[0]) * u
-
-
 def hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
     """Vectorised HSV to RGB: three ``(N,)`` arrays in [0, 1] to an ``(N, 3)`` float32 array."""
     k = (np.array([5.0, 3.0, 1.0]) + hue[:, None] * 6) % 6
@@ -66,7 +64,7 @@ def hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np
 def sample_poses(seed: int, indices: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
     """Geometry of each image from ``(seed, index)`` alone: angle, outer radius and centre in pixels."""
     u = keyed_uniform(seed, indices, _GEOMETRY_STREAM, 4)
-    radius = image_size * _lerp((MIN_RADIUS, MAX_RADIUS), u[:, 1])
+    radius = image_size * lerp((MIN_RADIUS, MAX_RADIUS), u[:, 1])
     margin = max(1.5, 0.05 * image_size)  # room for anti-aliasing and outline strokes
     free = image_size - 2 * (radius + margin)
     return {
@@ -95,7 +93,7 @@ def shape_distance(class_names: Sequence[str], labels: np.ndarray, poses: dict, 
 def _pattern(kind: np.ndarray, u: np.ndarray, period_px: tuple[float, float], image_size: int) -> np.ndarray:
     """Stripes (kind 0), checker (1) or dots (2), values in [0, 1]; ``u`` holds 4 draws per image."""
     grid = np.arange(image_size, dtype=np.float32)
-    angle, period = _col(np.pi * u[:, 0]), _col(_lerp(period_px, u[:, 1]))
+    angle, period = _col(np.pi * u[:, 0]), _col(lerp(period_px, u[:, 1]))
     p = (grid[None, None, :] * np.cos(angle) + grid[None, :, None] * np.sin(angle)) / period + _col(u[:, 2])
     q = (grid[None, :, None] * np.cos(angle) - grid[None, None, :] * np.sin(angle)) / period + _col(u[:, 3])
     stripes = np.clip(0.5 + 1.5 * np.sin(2 * np.pi * p), 0, 1)
@@ -126,49 +124,82 @@ def _clutter(u: np.ndarray, image_size: int) -> np.ndarray:
     return coverage
 
 
-@functools.lru_cache(maxsize=1)
-def _noise_bank() -> np.ndarray:
-    """A fixed ``(3, 512, 512)`` block of standard normal noise (Box-Muller on keyed numbers).
+@dataclasses.dataclass
+class _Style:
+    """How each image draws its shape: outline or fill, texture, colours and stroke width."""
 
-    Drawing fresh noise for every pixel would cost more than the rest of the rendering; a random
-    crop of this bank per image looks the same and stays deterministic.
-    """
-    u = keyed_uniform(0, np.arange(3 * _NOISE_BANK_SIDE * _NOISE_BANK_SIDE // 2), 0xBA4C, 2)
-    radius = np.sqrt(-2 * np.log1p(-u[:, 0]))
-    normal = np.concatenate([radius * np.cos(2 * np.pi * u[:, 1]), radius * np.sin(2 * np.pi * u[:, 1])])
-    return normal.astype(np.float32).reshape(3, _NOISE_BANK_SIDE, _NOISE_BANK_SIDE)
-
-
-def _blur(images: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """Gaussian blur with a per-image ``sigma`` (pixels), as two matrix products per image.
-
-    Row ``i`` of the matrix holds the Gaussian weights centred on pixel ``i``, renormalised so that
-    edges do not darken. A matrix product is far faster than shifting the image once per tap.
-    """
-    size = images.shape[-1]
-    offsets = np.arange(size, dtype=np.float32)
-    offsets = offsets[None, :, None] - offsets[None, None, :]
-    weights = np.exp(-0.5 * (offsets / np.maximum(sigma, 1e-3).astype(np.float32)[:, None, None]) ** 2)
-    weights[weights < 1e-6] = 0  # tiny "denormal" floats would make the products 30x slower
-    weights /= weights.sum(axis=2, keepdims=True)
-    weights = weights[:, None]  # (N, 1, size, size), the same for all three channels
-    return weights @ images @ weights.transpose(0, 1, 3, 2)
+    outline: np.ndarray  # (N,) bool
+    textured: np.ndarray  # (N,) bool
+    hue: np.ndarray  # (N,) of the shape
+    saturation: np.ndarray  # (N,) of the shape
+    shape_rgb: np.ndarray  # (N, 3) float32
+    background_rgb: np.ndarray  # (N, 3) float32
+    stroke: np.ndarray  # (N, 1, 1) outline width in pixels
 
 
-@functools.lru_cache(maxsize=8)
-def _block_average_matrix(size: int) -> np.ndarray:
-    block = max(2, round(size / 16))
-    groups = np.minimum(np.arange(size) // block, size // block - 1)  # a short last block joins the one before
-    same = (groups[:, None] == groups[None, :]).astype(np.float32)
-    return same / same.sum(axis=1, keepdims=True)
+def _style(domain: Domain, u: np.ndarray, scale: float) -> _Style:
+    """Style and colours from the first 8 style draws ``u`` of each image."""
+    outline = u[:, 0] < domain.p_outline
+    textured = ~outline & (u[:, 0] < domain.p_outline + domain.p_textured)
+    hue, saturation = lerp(domain.shape_hue, u[:, 1]), lerp(domain.shape_saturation, u[:, 2])
+    return _Style(
+        outline, textured, hue, saturation,
+        shape_rgb=hsv_to_rgb(hue, saturation, lerp(domain.shape_value, u[:, 3])),
+        background_rgb=hsv_to_rgb(u[:, 4], lerp(domain.background_saturation, u[:, 5]),
+                                  lerp(domain.background_value, u[:, 6])),
+        stroke=_col(lerp(domain.stroke_width, u[:, 7]) * scale),
+    )
 
 
-def _blocky(images: np.ndarray, strength: np.ndarray) -> np.ndarray:
-    """Blend towards block averages: the 8x8-block look of a heavily compressed JPEG (4 px at 64)."""
-    average = _block_average_matrix(images.shape[-1])
-    means = average @ images @ average.T
-    s = strength[:, None, None, None].astype(np.float32)
-    return images + (means - images) * s
+def _coverage(distance: np.ndarray, style: _Style) -> np.ndarray:
+    """How much of each pixel the shape covers, ``(N, 1, H, W)``: its inside, or a band along its outline."""
+    band = np.clip(0.5 - (np.abs(distance) - style.stroke / 2), 0, 1)
+    return np.where(style.outline[:, None, None], band, np.clip(0.5 - distance, 0, 1))[:, None]
+
+
+def _shape_fill(domain: Domain, style: _Style, pattern_u: np.ndarray, draws: Draws, size: int) -> np.ndarray:
+    """The shape's colour, ``(N, 3, H, W)``: plain, or a pattern between the colour and a paler version of it."""
+    shape_rgb = style.shape_rgb
+    foreground = np.broadcast_to(shape_rgb[:, :, None, None], (len(shape_rgb), 3, size, size))
+    if domain.p_textured > 0:
+        texture = _pattern((pattern_u * 3).astype(int), draws(1, 4), domain.texture_period, size)[:, None]
+        pale = shape_rgb * 0.35 + 0.65
+        textured_fill = shape_rgb[:, :, None, None] + (pale - shape_rgb)[:, :, None, None] * texture
+        foreground = np.where(style.textured[:, None, None, None], textured_fill, foreground)
+    return foreground
+
+
+def _background(domain: Domain, rgb: np.ndarray, kind: np.ndarray, draws: Draws, size: int, scale: float) -> np.ndarray:
+    """The background, ``(N, 3, H, W)``: a plain colour, or (chosen by ``kind``) a gradient, a pattern or clutter."""
+    background = np.broadcast_to(rgb[:, :, None, None], (len(rgb), 3, size, size))
+    gradient_images = kind < domain.p_gradient
+    pattern_images = ~gradient_images & (kind < domain.p_gradient + domain.p_texture_background)
+    clutter_images = ~gradient_images & ~pattern_images & (
+        kind < domain.p_gradient + domain.p_texture_background + domain.p_clutter)
+    v = draws(2, 6 + 4 * _CLUTTER_STROKES)
+    if domain.p_gradient > 0:
+        far_rgb = np.clip(rgb * (0.55 + 0.4 * v[:, 1:2]), 0, 1).astype(np.float32)
+        ramp_rgb = rgb[:, :, None, None] + (far_rgb - rgb)[:, :, None, None] * ramp(v[:, 0], size)[:, None]
+        background = np.where(gradient_images[:, None, None, None], ramp_rgb, background)
+    if domain.p_texture_background > 0:
+        pattern = _pattern((v[:, 2] * 3).astype(int), draws(3, 4), (4.0 * scale, 7.0 * scale), size)[:, None]
+        patterned = rgb[:, :, None, None] * (1 - 0.22 * pattern)
+        background = np.where(pattern_images[:, None, None, None], patterned, background)
+    if domain.p_clutter > 0:
+        ink = hsv_to_rgb(v[:, 3], v[:, 4] * 0.6, 0.15 + 0.4 * v[:, 5])
+        rows = np.flatnonzero(clutter_images)
+        strokes = _clutter(v[rows, 6:], size)[:, None]
+        background = background.copy()
+        background[rows] += (ink[rows, :, None, None] - background[rows]) * strokes
+    return background
+
+
+def _attributes(class_names: Sequence[str], labels: np.ndarray, style: _Style, radius: np.ndarray, size: int) -> np.ndarray:
+    """The class attributes of each image's class, then its own (``IMAGE_ATTRIBUTE_NAMES``), float32."""
+    class_attributes = np.stack([shape_class(class_names[label]).attribute_vector() for label in labels]) if len(labels) \
+        else np.zeros((0, len(CLASS_ATTRIBUTE_NAMES)), np.float32)
+    image_attributes = np.stack([~style.outline, style.textured, 2 * radius / size, style.hue, style.saturation], axis=1)
+    return np.concatenate([class_attributes, image_attributes.astype(np.float32)], axis=1).astype(np.float32)
 
 
 def render_batch(
@@ -177,99 +208,29 @@ def render_batch(
     """Render images ``indices`` (their classes are ``class_names[labels]``) of one seed and domain.
 
     Every output row depends only on its own ``(seed, index, class, domain, image_size)``, never
-    on the rest of the batch.
+    on the rest of the batch. Used by :class:`~course_lib.world.dataset.ShapeWorld` in every chapter.
     """
     domain = get_domain(domain)
     labels, indices = np.asarray(labels, dtype=np.int64), np.asarray(indices, dtype=np.int64)
-    n, size, scale = len(indices), image_size, image_size / 64.0
+    scale = image_size / 64.0  # sizes in a Domain are given for 64x64 images
     stream = 2**32 + zlib.crc32(domain.name.encode())  # appearance depends on the domain's name
 
     def draws(purpose: int, count: int) -> np.ndarray:
+        # Purposes: 0 style, 1 fill pattern, 2 background, 3 background pattern, 4 camera, 5 noise crop,
+        # 6 blockiness. Each has its own numbers, so a domain without a nuisance skips its draws.
         return keyed_uniform(seed, indices, stream + (purpose << 33), count)
 
-    poses = sample_poses(seed, indices, size)
-    distance = shape_distance(class_names, labels, poses, size)
-    masks = distance < 0
-
-    # Style and colours.
-    u = draws(0, 12)
-    outline = u[:, 0] < domain.p_outline
-    textured = ~outline & (u[:, 0] < domain.p_outline + domain.p_textured)
-    hue, saturation = _lerp(domain.shape_hue, u[:, 1]), _lerp(domain.shape_saturation, u[:, 2])
-    shape_rgb = hsv_to_rgb(hue, saturation, _lerp(domain.shape_value, u[:, 3]))
-    background_rgb = hsv_to_rgb(u[:, 4], _lerp(domain.background_saturation, u[:, 5]),
-                                _lerp(domain.background_value, u[:, 6]))
-    stroke = _col(_lerp(domain.stroke_width, u[:, 7]) * scale)
-    alpha = np.where(outline[:, None, None], np.clip(0.5 - (np.abs(distance) - stroke / 2), 0, 1),
-                     np.clip(0.5 - distance, 0, 1))[:, None]
-
-    # Shape fill: a plain colour, or a pattern between the colour and a paler version of it.
-    foreground = np.broadcast_to(shape_rgb[:, :, None, None], (n, 3, size, size))
-    if domain.p_textured > 0:
-        texture = _pattern((u[:, 8] * 3).astype(int), draws(1, 4), domain.texture_period, size)[:, None]
-        pale = shape_rgb * 0.35 + 0.65
-        textured_fill = shape_rgb[:, :, None, None] + (pale - shape_rgb)[:, :, None, None] * texture
-        foreground = np.where(textured[:, None, None, None], textured_fill, foreground)
-
-    # Background: plain colour, gradient, pattern or clutter.
-    background = np.broadcast_to(background_rgb[:, :, None, None], (n, 3, size, size))
-    kind = u[:, 9]
-    gradient_images = kind < domain.p_gradient
-    pattern_images = ~gradient_images & (kind < domain.p_gradient + domain.p_texture_background)
-    clutter_images = ~gradient_images & ~pattern_images & (
-        kind < domain.p_gradient + domain.p_texture_background + domain.p_clutter)
-    v = draws(2, 6 + 4 * _CLUTTER_STROKES)
-    if domain.p_gradient > 0:
-        grid = np.arange(size, dtype=np.float32) / (size - 1)
-        angle = _col(2 * np.pi * v[:, 0])
-        ramp = np.clip(0.5 + (grid[None, None, :] - 0.5) * np.cos(angle) + (grid[None, :, None] - 0.5) * np.sin(angle), 0, 1)
-        far_rgb = np.clip(background_rgb * (0.55 + 0.4 * v[:, 1:2]), 0, 1).astype(np.float32)
-        ramp_rgb = background_rgb[:, :, None, None] + (far_rgb - background_rgb)[:, :, None, None] * ramp[:, None]
-        background = np.where(gradient_images[:, None, None, None], ramp_rgb, background)
-    if domain.p_texture_background > 0:
-        pattern = _pattern((v[:, 2] * 3).astype(int), draws(3, 4), (4.0 * scale, 7.0 * scale), size)[:, None]
-        patterned = background_rgb[:, :, None, None] * (1 - 0.22 * pattern)
-        background = np.where(pattern_images[:, None, None, None], patterned, background)
-    if domain.p_clutter > 0:
-        ink = hsv_to_rgb(v[:, 3], v[:, 4] * 0.6, 0.15 + 0.4 * v[:, 5])
-        rows = np.flatnonzero(clutter_images)
-        strokes = _clutter(v[rows, 6:], size)[:, None]
-        background = background.copy()
-        background[rows] += (ink[rows, :, None, None] - background[rows]) * strokes
-
-    images = background + (foreground - background) * alpha
-
-    # Camera: lighting, colour cast, blur, noise, compression.
-    w = draws(4, 10)
-    contrast, brightness = _lerp(domain.contrast, w[:, 0]), _lerp(domain.brightness, w[:, 1])
-    if domain.contrast != (1.0, 1.0) or domain.brightness != (0.0, 0.0):  # decided per domain, never per batch
-        images = (images - 0.5) * contrast[:, None, None, None].astype(np.float32) + 0.5
-        images = images + brightness[:, None, None, None].astype(np.float32)
-    if domain.illumination_gradient[1] > 0:
-        grid = np.arange(size, dtype=np.float32) / (size - 1)
-        angle = _col(2 * np.pi * w[:, 2])
-        side = np.clip(0.5 + (grid[None, None, :] - 0.5) * np.cos(angle) + (grid[None, :, None] - 0.5) * np.sin(angle), 0, 1)
-        images = images * (1 - _col(_lerp(domain.illumination_gradient, w[:, 3])) * side)[:, None]
-    if domain.tint != (1.0, 1.0, 1.0) or domain.tint_jitter[1] > 0:
-        jitter = _lerp(domain.tint_jitter, w[:, 4])[:, None] * (2 * w[:, 5:8] - 1)
-        images = images * (np.asarray(domain.tint) + jitter).astype(np.float32)[:, :, None, None]
-    if domain.blur_sigma[1] > 0:
-        sigma = _lerp(domain.blur_sigma, w[:, 8]) * scale
-        images = _blur(images, sigma)
-    if domain.noise_std[1] > 0:
-        bank, offsets = _noise_bank(), draws(5, 2) * (_NOISE_BANK_SIDE - size)
-        noise = np.stack([bank[:, oy:oy + size, ox:ox + size] for oy, ox in offsets.astype(int)])
-        images = images + noise * _lerp(domain.noise_std, w[:, 9])[:, None, None, None].astype(np.float32)
-    if domain.blockiness[1] > 0:
-        images = _blocky(images, _lerp(domain.blockiness, draws(6, 1)[:, 0]))
-    assert images.dtype == np.float32, images.dtype  # float64 would creep in and halve the speed
+    poses = sample_poses(seed, indices, image_size)
+    distance = shape_distance(class_names, labels, poses, image_size)
+    u = draws(0, 12)  # 0-7 style and colours, 8 the fill pattern, 9 the background kind
+    style = _style(domain, u, scale)
+    foreground = _shape_fill(domain, style, u[:, 8], draws, image_size)
+    background = _background(domain, style.background_rgb, u[:, 9], draws, image_size, scale)
+    images = photograph(background + (foreground - background) * _coverage(distance, style), domain, draws, scale)
     images = (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-    class_attributes = np.stack([shape_class(class_names[label]).attribute_vector() for label in labels]) if n else \
-        np.zeros((0, len(CLASS_ATTRIBUTE_NAMES)), np.float32)
-    image_attributes = np.stack([~outline, textured, 2 * poses["radius"] / size, hue, saturation], axis=1)
-    attributes = np.concatenate([class_attributes, image_attributes.astype(np.float32)], axis=1)
-    return RenderedBatch(images, masks, boxes_from_masks(masks), attributes.astype(np.float32))
+    masks = distance < 0
+    attributes = _attributes(class_names, labels, style, poses["radius"], image_size)
+    return RenderedBatch(images, masks, boxes_from_masks(masks), attributes)
 
 
 def boxes_from_masks(masks: np.ndarray) -> np.ndarray:

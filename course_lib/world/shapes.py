@@ -9,7 +9,7 @@ difference ``max(a, -b)``.
 
 There are 34 *named* classes (see :mod:`course_lib.world.splits` for the source/target split) and
 an unlimited family of generated *novel* classes, ``"glyph-000123"``, for few-shot learning
-(19.5): each glyph's outline is derived from its number alone.
+(19.5), whose outlines :mod:`course_lib.world.glyphs` derives from their number alone.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from typing import Callable
 
 import numpy as np
 
-from course_lib.world.keyed_random import keyed_uniform
+from course_lib.world.glyphs import GLYPH_PATTERN, glyph_outline, outline_properties, polar_sdf
 
 Array = np.ndarray
 SDF = Callable[[Array, Array], Array]
@@ -31,7 +30,6 @@ CLASS_ATTRIBUTE_NAMES = (
     "n_corners", "has_curved_edges", "rotational_symmetry_order", "mirror_symmetric", "convex", "has_hole",
     "elongated",
 )
-GLYPH_PATTERN = re.compile(r"^glyph-(\d{6})$")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,95 +224,25 @@ NAMED_SHAPES: dict[str, ShapeClass] = {s.name: s for s in [
 
 
 # ---------------------------------------------------------------------------------------------
-# Novel classes: "glyph-NNNNNN". The number seeds every parameter of the outline.
-
-_GLYPH_STREAM = 0x61F  # keeps glyph parameters apart from the image random streams
-_GLYPH_LIST_STREAM = 0x62A
-
-
-def novel_classes(count: int, seed: int = 0) -> list[str]:
-    """Names of ``count`` distinct generated classes, e.g. ``["glyph-482133", ...]`` (19.5 few-shot).
-
-    The same ``(count, seed)`` always gives the same names, and a larger ``count`` extends the list.
-    Use different seeds for episodes that must not share classes with each other.
-    """
-    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 100_000:
-        raise ValueError(f"count must be an int between 1 and 100000, got {count!r}.")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
-    names: list[str] = []
-    draw = 0
-    while len(names) < count:
-        batch = keyed_uniform(seed, np.arange(draw, draw + count), _GLYPH_LIST_STREAM, 1)[:, 0]
-        for number in (batch * 1_000_000).astype(np.int64):
-            name = f"glyph-{number:06d}"
-            if name not in names and len(names) < count:
-                names.append(name)
-        draw += count
-    return names
-
-
-def _glyph_outline(number: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Radius, its derivative on 720 angles and the corner count: a random Fourier curve or polygon."""
-    u = keyed_uniform(number, np.arange(32), _GLYPH_STREAM, 1)[:, 0]
-    theta = np.linspace(0, 2 * np.pi, 720, endpoint=False)
-    if u[0] < 0.5:  # smooth blob: r = 1 + sum_k a_k cos(k theta + phi_k), three harmonics from 2..6
-        harmonics = 2 + np.argsort(u[1:6])[:3]
-        amplitudes = 0.1 + 0.25 * u[6:9]
-        amplitudes *= min(1.0, 0.65 / amplitudes.sum())  # keep the radius well above zero
-        phases = 2 * np.pi * u[9:12]
-        angle = harmonics[:, None] * theta + phases[:, None]
-        radius = 1 + (amplitudes[:, None] * np.cos(angle)).sum(0)
-        slope = -(amplitudes[:, None] * harmonics[:, None] * np.sin(angle)).sum(0)
-        corners = 0
-    else:  # polygon with 3..8 corners at jittered angles and random distances from the centre
-        corners = 3 + int(u[1] * 6)
-        corner_angles = (np.arange(corners) + 0.6 * (u[2:2 + corners] - 0.5)) * 2 * np.pi / corners
-        corner_radii = 0.45 + 0.55 * u[10:10 + corners]
-        px, py = corner_radii * np.cos(corner_angles), corner_radii * np.sin(corner_angles)
-        nxt = np.roll(np.arange(corners), -1)
-        # Edge j as the line a_j x + b_j y = 1, so along a ray r(theta) = 1 / (a_j cos + b_j sin).
-        det = px * py[nxt] - py * px[nxt]
-        a, b = (py[nxt] - py) / det, (px - px[nxt]) / det
-        edge = (np.searchsorted(corner_angles, np.mod(theta - corner_angles[0], 2 * np.pi) + corner_angles[0]) - 1) % corners
-        denominator = a[edge] * np.cos(theta) + b[edge] * np.sin(theta)
-        radius = 1 / denominator
-        slope = radius * (a[edge] * np.sin(theta) - b[edge] * np.cos(theta)) / denominator
-    scale = 0.95 / radius.max()
-    return radius * scale, slope * scale, corners
+# Novel classes: "glyph-NNNNNN", their outlines generated in course_lib.world.glyphs.
 
 
 @functools.lru_cache(maxsize=4096)
 def _glyph_class(name: str) -> ShapeClass:
-    number = int(GLYPH_PATTERN.match(name).group(1))
-    radius, slope, corners = _glyph_outline(number)
-    samples = len(radius)
-
-    def sdf(x: Array, y: Array) -> Array:
-        theta = np.mod(np.arctan2(y, x), 2 * np.pi)
-        k = np.minimum((theta * (samples / (2 * np.pi))).astype(np.int32), samples - 1)
-        r, dr = radius[k].astype(x.dtype), slope[k].astype(x.dtype)
-        # (rho - r(theta)) divided by the gradient's length is close to the true distance.
-        return (np.hypot(x, y) - r) / np.sqrt(1 + (dr / r) ** 2)
-
-    theta = np.linspace(0, 2 * np.pi, samples, endpoint=False)
-    px, py = radius * np.cos(theta), radius * np.sin(theta)
-    ex, ey = np.roll(px, -1) - px, np.roll(py, -1) - py
-    turn = ex * np.roll(ey, -1) - ey * np.roll(ex, -1)
-    covariance = np.cov(np.stack([px, py]))
-    eigen = np.linalg.eigvalsh(covariance)
+    radius, slope, corners = glyph_outline(int(GLYPH_PATTERN.match(name).group(1)))
+    convex, elongated = outline_properties(radius)
     is_polygon = corners > 0
     return ShapeClass(
         name=name,
-        sdf=sdf,
+        sdf=polar_sdf(radius, slope),
         description=f"a made-up {'polygon' if is_polygon else 'blob'} shape called {name}",
         n_corners=corners,
         has_curved_edges=not is_polygon,
         rotational_symmetry_order=1,
         mirror_symmetric=False,
-        convex=bool(np.all(turn > -1e-9)),
+        convex=convex,
         has_hole=False,
-        elongated=bool(math.sqrt(eigen[1] / eigen[0]) > 1.6),
+        elongated=elongated,
     )
 
 
