@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,14 @@ from torch import nn
 from torch.utils.data import Subset, TensorDataset
 
 from course_lib.data import sample_per_class
-from course_lib.experiments import data_efficiency_curve, scratch_accuracy, scratch_epochs
+from course_lib.experiments import (
+    compare_with_rule, data_efficiency_curve, fine_tune_copy, rule_of_thumb, scratch_accuracy, scratch_epochs,
+)
+from course_lib.callbacks import LambdaCallback
+from course_lib.forgetting import weight_drift
+from course_lib.models import get_head
+
+from fine_tuning_toys import images_loader, one_thread, tiny_resnet  # noqa: F401 (one_thread is an autouse fixture)
 from toy import NUM_CLASSES, colour_images
 
 # 3 classes with 10, 7 and 5 examples, interleaved as in a real dataset.
@@ -185,3 +194,73 @@ def test_empty_training_data_is_explained():
     empty = TensorDataset(torch.zeros(0, 3, 16, 16), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="train_data is empty"):
         scratch_accuracy(TinyCNN, empty, colour_images(6, seed=1), epochs=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# fine_tune_copy, rule_of_thumb, compare_with_rule
+
+
+def test_fine_tune_copy_trains_a_copy_on_a_fixed_budget_and_leaves_the_original():
+    pretrained = tiny_resnet()
+    before = copy.deepcopy(pretrained.state_dict())
+    dataset = images_loader(n=12).dataset
+    seen = []
+    counter = LambdaCallback(on_batch_end=lambda state: seen.append(state.epoch))
+    model, history = fine_tune_copy(pretrained, dataset, [0, 1, 2, 3], num_classes=5, seed=0, epochs=3,
+                                    batches_per_epoch=4, batch_size=2, strategy="full", lr=1e-3, callbacks=[counter])
+    assert model is not pretrained and get_head(model).out_features == 5
+    assert all(torch.equal(before[k], v) for k, v in pretrained.state_dict().items()), "the pretrained model changed"
+    assert len(history) == 3 and seen == [1] * 4 + [2] * 4 + [3] * 4, "3 epochs of exactly 4 batches, whatever the data size"
+    assert weight_drift(model, pretrained)["stem"] > 0
+
+
+def test_fine_tune_copy_is_reproducible_per_seed():
+    pretrained, dataset = tiny_resnet(), images_loader(n=12).dataset
+    runs = [fine_tune_copy(pretrained, dataset, torch.arange(6), num_classes=3, seed=seed, epochs=2, batches_per_epoch=2,
+                           batch_size=3, strategy="linear probe", lr=1e-3)[0] for seed in (0, 0, 1)]
+    assert torch.equal(get_head(runs[0]).weight, get_head(runs[1]).weight)
+    assert not torch.equal(get_head(runs[0]).weight, get_head(runs[2]).weight)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(batches_per_epoch=0), "positive ints"),
+    (dict(batch_size=True), "positive ints"),
+    (dict(indices=[]), "indices is empty"),
+])
+def test_fine_tune_copy_rejects_bad_budgets(kwargs, message):
+    arguments = dict(indices=[0, 1], num_classes=3, seed=0, epochs=2, batches_per_epoch=1, batch_size=2,
+                     strategy="full", lr=1e-3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        fine_tune_copy(tiny_resnet(), images_loader().dataset, **arguments)
+
+
+@pytest.mark.parametrize("images, expected", [(1, "linear probe"), (499, "linear probe"), (500, "partial"),
+                                              (5000, "partial"), (5001, "full"), (10**6, "full")])
+def test_rule_of_thumb_boundaries(images, expected):
+    assert rule_of_thumb(images) == expected
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
+def test_rule_of_thumb_rejects_non_counts(bad):
+    with pytest.raises(ValueError, match="positive int"):
+        rule_of_thumb(bad)
+
+
+def test_compare_with_rule_names_the_best_strategy_and_the_gap():
+    accuracy = {  # sizes 10 and 100 per class, 2 seeds; 10 classes -> 100 and 1,000 images
+        "probe": np.array([[0.50, 0.52], [0.60, 0.60]]),
+        "partial": np.array([[0.40, 0.40], [0.59, 0.60]]),
+        "full": np.array([[0.70, 0.72], [0.50, 0.50]]),
+    }
+    rows = compare_with_rule(accuracy, [10, 100], 10, {"linear probe": "probe", "partial": "partial", "full": "full"})
+    assert [r["images"] for r in rows] == [100, 1000]
+    small, large = rows
+    assert (small["pick"], small["best"], small["held"]) == ("probe", "full", False)
+    assert small["gap"] == pytest.approx(0.20) and small["pick_accuracy"] == pytest.approx(0.51)
+    assert (large["pick"], large["best"], large["held"]) == ("partial", "probe", True)  # 0.5 points behind
+    assert large["gap"] == pytest.approx(0.005)
+
+
+def test_compare_with_rule_needs_the_rules_strategies():
+    with pytest.raises(KeyError, match="not in accuracy's strategies"):
+        compare_with_rule({"probe": np.zeros((1, 2))}, [100], 10, {"partial": "partial (last stage)"})

@@ -4,96 +4,24 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 
 import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.callbacks import LambdaCallback, TrackMetric
-from course_lib.experiments import compare_with_rule, fine_tune_copy, rule_of_thumb
 from course_lib.finetuning import (
     STRATEGIES, GradualUnfreezing, fine_tune, layerwise_lr_groups, train_last_stages, trainable_groups_at,
 )
-from course_lib.forgetting import old_task_accuracy, weight_drift
-from course_lib.freezing import FreezeBatchNorm, batchnorm_statistics, freeze
+from course_lib.forgetting import weight_drift
+from course_lib.freezing import batchnorm_statistics, freeze
 from course_lib.history import History
 from course_lib.model_checks import check_param_groups_cover
-from course_lib.models import CourseResNet, get_head, layer_groups, remove_head, replace_head
-from course_lib.training import evaluate, fit
+from course_lib.models import layer_groups, remove_head
+from course_lib.training import fit
 
-COURSE_GROUPS = ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
-NUM_CLASSES = 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train fastest on one thread; several threads on a busy machine are 10-20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_resnet(seed: int = 0) -> CourseResNet:
-    """A small CourseResNet with random weights: the 'pretrained' model of these tests."""
-    torch.manual_seed(seed)
-    return CourseResNet(num_classes=NUM_CLASSES, widths=(8, 8, 16, 16))
-
-
-def images_loader(n: int = 16, size: int = 32, seed: int = 0) -> DataLoader:
-    """Random images (far from zero mean, unit variance, so BatchNorm statistics move) with labels."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 3, size, size, generator=generator) * 2 + 1
-    labels = torch.arange(n) % NUM_CLASSES
-    return DataLoader(TensorDataset(images, labels), batch_size=8, shuffle=True, generator=generator)
-
-
-def ids(params) -> list[int]:
-    return [id(p) for p in params]
-
-
-def group_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    return dict(layer_groups(model))
-
-
-def snapshot(model: nn.Module) -> dict[str, list[torch.Tensor]]:
-    """A copy of each layer group's parameters."""
-    return {name: [p.detach().clone() for p in params] for name, params in layer_groups(model)}
-
-
-def changed_groups(before: dict[str, list[torch.Tensor]], model: nn.Module) -> set[str]:
-    """The layer groups of which at least one parameter differs from ``before``."""
-    return {
-        name for name, params in layer_groups(model)
-        if any(not torch.equal(p.detach(), p0) for p, p0 in zip(params, before[name], strict=True))
-    }
-
-
-def trainable_by_group(model: nn.Module) -> dict[str, bool]:
-    """{group: True/False}; fails if a group is only partly trainable."""
-    result = {}
-    for name, params in layer_groups(model):
-        flags = {p.requires_grad for p in params}
-        assert len(flags) == 1, f"group {name} is partly trainable: {[p.requires_grad for p in params]}"
-        result[name] = flags.pop()
-    return result
-
-
-def trainable_groups(model: nn.Module) -> list[str]:
-    return [name for name, trainable in trainable_by_group(model).items() if trainable]
-
-
-def bn_unchanged(before: dict[str, torch.Tensor], model: nn.Module) -> bool:
-    after = batchnorm_statistics(model)
-    return all(torch.equal(before[name], after[name]) for name in before)
-
-
-def bn_changed_layers(before: dict[str, torch.Tensor], model: nn.Module) -> set[str]:
-    after = batchnorm_statistics(model)
-    return {name for name in before if not torch.equal(before[name], after[name])}
+from fine_tuning_toys import COURSE_GROUPS, bn_changed_layers, bn_unchanged, changed_groups, group_params, ids, images_loader, one_thread, snapshot, tiny_resnet, trainable_groups  # noqa: F401 (one_thread is an autouse fixture)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,182 +328,6 @@ def test_gradual_unfreezing_default_every_is_one():
 
 
 # ---------------------------------------------------------------------------------------------
-# FreezeBatchNorm
-
-
-def test_freeze_batchnorm_keeps_the_running_statistics_while_everything_trains():
-    model = tiny_resnet()
-    stats = batchnorm_statistics(model)
-    before = snapshot(model)
-    bn_weight = model.stage2.bn1.weight.detach().clone()
-    modes = []
-    record_modes = LambdaCallback(on_epoch_start=lambda s: modes.append(
-        {(isinstance(m, nn.BatchNorm2d), m.training) for m in s.model.modules()}))
-    fit(model, images_loader(), epochs=2, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
-        callbacks=[FreezeBatchNorm(), record_modes], progress=False)
-    assert bn_unchanged(stats, model), "FreezeBatchNorm must keep every running mean and variance"
-    assert changed_groups(before, model) == set(COURSE_GROUPS), "the parameters (head included) still train"
-    assert not torch.equal(model.stage2.bn1.weight.detach(), bn_weight), "BatchNorm's weight still trains"
-    assert modes == [{(True, False), (False, True)}] * 2, \
-        "only the BatchNorm layers go to eval mode, in every epoch"
-
-
-def test_without_freeze_batchnorm_the_statistics_move():
-    model = tiny_resnet()
-    stats = batchnorm_statistics(model)
-    fit(model, images_loader(), epochs=1, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), progress=False)
-    assert bn_changed_layers(stats, model) == set(stats), "control: training in train mode moves every BN layer"
-
-
-def test_freeze_batchnorm_with_a_frozen_backbone_changes_only_the_head():
-    model = tiny_resnet()
-    train_last_stages(model, 0)
-    stats, before = batchnorm_statistics(model), snapshot(model)
-    fit(model, images_loader(), epochs=2, optimizer=torch.optim.Adam(model.head.parameters(), lr=1e-2),
-        callbacks=[FreezeBatchNorm()], progress=False)
-    assert bn_unchanged(stats, model)
-    assert changed_groups(before, model) == {"head"}
-
-
-# ---------------------------------------------------------------------------------------------
-# weight_drift
-
-
-def test_drift_from_an_identical_copy_is_zero_everywhere():
-    model = tiny_resnet()
-    assert weight_drift(model, copy.deepcopy(model)) == {name: 0.0 for name in COURSE_GROUPS}
-    assert weight_drift(model, model.state_dict()) == {name: 0.0 for name in COURSE_GROUPS}
-
-
-def test_a_known_perturbation_of_one_group_gives_its_relative_size():
-    model = tiny_resnet()
-    pretrained = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in model.stage4.parameters():
-            p.add_(0.1 * p)
-        model.stage2.conv1.weight.mul_(-1)  # w - w0 = -2 w0: a single tensor of the group moves
-    drift = weight_drift(model, pretrained)
-    assert list(drift) == COURSE_GROUPS
-    assert drift["stage4"] == pytest.approx(0.1, rel=1e-5)
-    conv = pretrained.stage2.conv1.weight
-    stage2_norm2 = sum(float(p.detach().pow(2).sum()) for p in pretrained.stage2.parameters())
-    assert drift["stage2"] == pytest.approx(2 * float(conv.detach().norm()) / stage2_norm2**0.5, rel=1e-5), \
-        "drift is ||w - w0|| / ||w0|| over the whole group, not per tensor"
-    for name in ("stem", "stage1", "stage3", "head"):
-        assert drift[name] == 0.0, name
-
-
-def test_weight_drift_accepts_a_module_or_its_state_dict():
-    model = tiny_resnet()
-    pretrained = copy.deepcopy(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    from_module = weight_drift(model, pretrained)
-    from_state = weight_drift(model, {k: v.clone() for k, v in pretrained.state_dict().items()})
-    assert from_module == pytest.approx(from_state)
-    assert all(value > 0 for value in from_module.values())
-
-
-def test_a_replaced_head_of_another_shape_is_left_out():
-    pretrained = tiny_resnet()
-    model = replace_head(copy.deepcopy(pretrained), NUM_CLASSES + 2)
-    drift = weight_drift(model, pretrained)
-    assert list(drift) == COURSE_GROUPS[:-1], "a new head has no pretrained weights to compare with"
-    assert all(value == 0.0 for value in drift.values())
-
-
-def test_drift_from_another_architectures_weights_is_an_error():
-    with pytest.raises(ValueError, match=r"do not match the model's 'stem' \(missing 'stem\.0\.weight'\)"):
-        weight_drift(tiny_resnet(), torchvision.models.resnet18(weights=None).state_dict())
-    with pytest.raises(ValueError, match="same architecture"):
-        weight_drift(tiny_resnet(), torchvision.models.resnet18(weights=None))
-
-
-def test_drift_from_weights_of_other_shapes_below_the_head_is_an_error():
-    model = CourseResNet(num_classes=NUM_CLASSES, widths=(8, 8, 16, 16))
-    other = CourseResNet(num_classes=NUM_CLASSES)  # same names, wider layers
-    with pytest.raises(ValueError, match="a different shape for 'stem.0.weight'"):
-        weight_drift(model, other.state_dict())
-    narrower_top = CourseResNet(num_classes=NUM_CLASSES, widths=(8, 8, 16, 32))
-    with pytest.raises(ValueError, match="'stage4'"):
-        weight_drift(model, narrower_top.state_dict())
-
-
-def test_weight_drift_checks_its_arguments():
-    with pytest.raises(TypeError, match=r"weight_drift needs the whole model \(a torch\.nn\.Module\)"):
-        weight_drift(tiny_resnet().state_dict(), tiny_resnet())
-    with pytest.raises(TypeError, match="pretrained must be a model or its state_dict"):
-        weight_drift(tiny_resnet(), [1, 2, 3])
-
-
-# old_task_accuracy
-
-
-def source_and_target(seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """A 'source' model and a target model: the same backbone with a new 5-class head."""
-    source = tiny_resnet(seed)
-    target = replace_head(copy.deepcopy(source), 5)
-    return source, target
-
-
-def test_old_task_accuracy_of_an_unmoved_backbone_is_the_source_models_accuracy():
-    source, target = source_and_target()
-    loader = images_loader(n=24)
-    expected = evaluate(source, loader)["accuracy"]
-    assert old_task_accuracy(target, get_head(source), loader) == expected
-    assert old_task_accuracy(source, get_head(source), loader) == expected
-
-
-def test_old_task_accuracy_uses_the_backbone_as_it_is_now():
-    source, target = source_and_target()
-    head = get_head(source)
-    with torch.no_grad():
-        head.bias.copy_(torch.tensor([0.0, 1e-3, 0.0]))  # class 1 wins only when the features are all zero
-    images, _ = next(iter(images_loader(n=24)))
-    all_ones = DataLoader(TensorDataset(images, torch.ones(len(images), dtype=torch.long)), batch_size=8)
-    healthy = old_task_accuracy(target, head, all_ones)
-    assert healthy == evaluate(source, all_ones)["accuracy"] < 1.0, "precondition: the source model is not constant"
-    # Break the backbone: stage4's output is relu(negative) = 0, so the old head sees zero features.
-    with torch.no_grad():
-        for bn in (target.stage4.bn2, target.stage4.shortcut[1]):
-            bn.weight.zero_()
-            bn.bias.fill_(-1.0)
-    assert old_task_accuracy(target, head, all_ones) == 1.0, "the score must come from the backbone as it is now"
-
-
-def test_old_task_accuracy_changes_neither_the_model_nor_the_head():
-    source, target = source_and_target()
-    target.train()
-    head = get_head(source)
-    before_target, before_head = copy.deepcopy(target.state_dict()), copy.deepcopy(head.state_dict())
-    old_task_accuracy(target, head, images_loader())
-    assert isinstance(target.head, nn.Linear) and target.head.out_features == 5, "the head must not be removed"
-    assert all(torch.equal(before_target[k], v) for k, v in target.state_dict().items()), "BN statistics included"
-    assert all(torch.equal(before_head[k], v) for k, v in head.state_dict().items())
-    assert all(m.training for m in target.modules()), "the model's mode is left alone"
-
-
-def test_old_task_accuracy_tracks_forgetting_during_fine_tuning():
-    source, target = source_and_target()
-    loader = images_loader()
-    tracker = TrackMetric(lambda m: old_task_accuracy(m, get_head(source), loader), "source_accuracy")
-    history = fine_tune(target, images_loader(n=16, seed=1), "linear probe", epochs=2, lr=LR, callbacks=[tracker])
-    start = evaluate(source, loader)["accuracy"]
-    assert history["source_accuracy"] == [start, start], "a linear probe does not move the backbone: nothing forgotten"
-
-
-def test_old_task_accuracy_checks_its_arguments():
-    source, target = source_and_target()
-    with pytest.raises(TypeError, match="old_head must be the source model's nn.Linear head"):
-        old_task_accuracy(target, source, images_loader())
-    with pytest.raises(ValueError, match="old_head takes 7 features but the backbone gives 16"):
-        old_task_accuracy(target, nn.Linear(7, 3), images_loader())
-    with pytest.raises(TypeError, match="old_task_accuracy needs the whole model"):
-        old_task_accuracy(target.state_dict(), get_head(source), images_loader())
-
-
-# ---------------------------------------------------------------------------------------------
 # fine_tune
 
 LR, HEAD_LR = 1e-2, 3e-2
@@ -770,73 +522,3 @@ def test_bad_rates_are_a_value_error(name, value):
 def test_fine_tune_needs_a_module():
     with pytest.raises(TypeError, match="fine_tune needs the whole model"):
         fine_tune(tiny_resnet().state_dict(), images_loader(), "full", epochs=1, lr=LR)
-
-
-# ---------------------------------------------------------------------------------------------
-# fine_tune_copy, rule_of_thumb, compare_with_rule
-
-
-def test_fine_tune_copy_trains_a_copy_on_a_fixed_budget_and_leaves_the_original():
-    pretrained = tiny_resnet()
-    before = copy.deepcopy(pretrained.state_dict())
-    dataset = images_loader(n=12).dataset
-    seen = []
-    counter = LambdaCallback(on_batch_end=lambda state: seen.append(state.epoch))
-    model, history = fine_tune_copy(pretrained, dataset, [0, 1, 2, 3], num_classes=5, seed=0, epochs=3,
-                                    batches_per_epoch=4, batch_size=2, strategy="full", lr=1e-3, callbacks=[counter])
-    assert model is not pretrained and get_head(model).out_features == 5
-    assert all(torch.equal(before[k], v) for k, v in pretrained.state_dict().items()), "the pretrained model changed"
-    assert len(history) == 3 and seen == [1] * 4 + [2] * 4 + [3] * 4, "3 epochs of exactly 4 batches, whatever the data size"
-    assert weight_drift(model, pretrained)["stem"] > 0
-
-
-def test_fine_tune_copy_is_reproducible_per_seed():
-    pretrained, dataset = tiny_resnet(), images_loader(n=12).dataset
-    runs = [fine_tune_copy(pretrained, dataset, torch.arange(6), num_classes=3, seed=seed, epochs=2, batches_per_epoch=2,
-                           batch_size=3, strategy="linear probe", lr=1e-3)[0] for seed in (0, 0, 1)]
-    assert torch.equal(get_head(runs[0]).weight, get_head(runs[1]).weight)
-    assert not torch.equal(get_head(runs[0]).weight, get_head(runs[2]).weight)
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(batches_per_epoch=0), "positive ints"),
-    (dict(batch_size=True), "positive ints"),
-    (dict(indices=[]), "indices is empty"),
-])
-def test_fine_tune_copy_rejects_bad_budgets(kwargs, message):
-    arguments = dict(indices=[0, 1], num_classes=3, seed=0, epochs=2, batches_per_epoch=1, batch_size=2,
-                     strategy="full", lr=1e-3) | kwargs
-    with pytest.raises(ValueError, match=message):
-        fine_tune_copy(tiny_resnet(), images_loader().dataset, **arguments)
-
-
-@pytest.mark.parametrize("images, expected", [(1, "linear probe"), (499, "linear probe"), (500, "partial"),
-                                              (5000, "partial"), (5001, "full"), (10**6, "full")])
-def test_rule_of_thumb_boundaries(images, expected):
-    assert rule_of_thumb(images) == expected
-
-
-@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "100"])
-def test_rule_of_thumb_rejects_non_counts(bad):
-    with pytest.raises(ValueError, match="positive int"):
-        rule_of_thumb(bad)
-
-
-def test_compare_with_rule_names_the_best_strategy_and_the_gap():
-    accuracy = {  # sizes 10 and 100 per class, 2 seeds; 10 classes -> 100 and 1,000 images
-        "probe": np.array([[0.50, 0.52], [0.60, 0.60]]),
-        "partial": np.array([[0.40, 0.40], [0.59, 0.60]]),
-        "full": np.array([[0.70, 0.72], [0.50, 0.50]]),
-    }
-    rows = compare_with_rule(accuracy, [10, 100], 10, {"linear probe": "probe", "partial": "partial", "full": "full"})
-    assert [r["images"] for r in rows] == [100, 1000]
-    small, large = rows
-    assert (small["pick"], small["best"], small["held"]) == ("probe", "full", False)
-    assert small["gap"] == pytest.approx(0.20) and small["pick_accuracy"] == pytest.approx(0.51)
-    assert (large["pick"], large["best"], large["held"]) == ("partial", "probe", True)  # 0.5 points behind
-    assert large["gap"] == pytest.approx(0.005)
-
-
-def test_compare_with_rule_needs_the_rules_strategies():
-    with pytest.raises(KeyError, match="not in accuracy's strategies"):
-        compare_with_rule({"probe": np.zeros((1, 2))}, [100], 10, {"partial": "partial (last stage)"})

@@ -6,24 +6,22 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from course_lib.freezing import FrozenBackbone, batchnorm_drift, batchnorm_statistics, freeze, unfreeze
+from course_lib.callbacks import LambdaCallback
+from course_lib.finetuning import train_last_stages
+from course_lib.freezing import FreezeBatchNorm, FrozenBackbone, batchnorm_drift, batchnorm_statistics, freeze, unfreeze
 from course_lib.models import load_backbone, remove_head
+from course_lib.training import fit
+
+from fine_tuning_toys import (  # noqa: F401 (one_thread is an autouse fixture)
+    COURSE_GROUPS, bn_changed_layers, bn_unchanged, changed_groups, images_loader, one_thread, snapshot, tiny_resnet,
+)
 from toy import quiet_fit
 
 
 def course_resnet() -> nn.Module:
     """The course's pretrained source model (0.3 M parameters, loads in milliseconds)."""
     return load_backbone("course-resnet")
-
-
-def images_loader(n: int = 16, size: int = 32, num_classes: int = 3, seed: int = 0) -> DataLoader:
-    """Random images with labels: enough to take optimizer steps and to move BatchNorm statistics."""
-    generator = torch.Generator().manual_seed(seed)
-    images = torch.rand(n, 3, size, size, generator=generator) * 2 + 1  # far from the pretraining statistics
-    labels = torch.arange(n) % num_classes
-    return DataLoader(TensorDataset(images, labels), batch_size=8, shuffle=True, generator=generator)
 
 
 def cloned_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -214,3 +212,41 @@ def test_batchnorm_drift_rejects_snapshots_of_different_models():
 def test_batchnorm_drift_of_two_models_says_to_take_snapshots():
     with pytest.raises(TypeError, match=r"batchnorm_statistics\(model\) before and after"):
         batchnorm_drift(course_resnet(), course_resnet())
+
+
+# ---------------------------------------------------------------------------------------------
+# FreezeBatchNorm
+
+
+def test_freeze_batchnorm_keeps_the_running_statistics_while_everything_trains():
+    model = tiny_resnet()
+    stats = batchnorm_statistics(model)
+    before = snapshot(model)
+    bn_weight = model.stage2.bn1.weight.detach().clone()
+    modes = []
+    record_modes = LambdaCallback(on_epoch_start=lambda s: modes.append(
+        {(isinstance(m, nn.BatchNorm2d), m.training) for m in s.model.modules()}))
+    fit(model, images_loader(), epochs=2, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2),
+        callbacks=[FreezeBatchNorm(), record_modes], progress=False)
+    assert bn_unchanged(stats, model), "FreezeBatchNorm must keep every running mean and variance"
+    assert changed_groups(before, model) == set(COURSE_GROUPS), "the parameters (head included) still train"
+    assert not torch.equal(model.stage2.bn1.weight.detach(), bn_weight), "BatchNorm's weight still trains"
+    assert modes == [{(True, False), (False, True)}] * 2, \
+        "only the BatchNorm layers go to eval mode, in every epoch"
+
+
+def test_without_freeze_batchnorm_the_statistics_move():
+    model = tiny_resnet()
+    stats = batchnorm_statistics(model)
+    fit(model, images_loader(), epochs=1, optimizer=torch.optim.Adam(model.parameters(), lr=1e-2), progress=False)
+    assert bn_changed_layers(stats, model) == set(stats), "control: training in train mode moves every BN layer"
+
+
+def test_freeze_batchnorm_with_a_frozen_backbone_changes_only_the_head():
+    model = tiny_resnet()
+    train_last_stages(model, 0)
+    stats, before = batchnorm_statistics(model), snapshot(model)
+    fit(model, images_loader(), epochs=2, optimizer=torch.optim.Adam(model.head.parameters(), lr=1e-2),
+        callbacks=[FreezeBatchNorm()], progress=False)
+    assert bn_unchanged(stats, model)
+    assert changed_groups(before, model) == {"head"}

@@ -12,7 +12,7 @@ from sklearn.metrics import jaccard_score
 
 from course_lib.activations import capture_activations
 from course_lib.metrics import accuracy, box_iou, box_iou_matched, cka_matrix, linear_cka, mask_iou, mean_confidence_interval
-from course_lib.models import load_backbone, stage_names
+from course_lib.models import load_backbone
 from course_lib.world.render import boxes_from_masks
 
 
@@ -333,3 +333,19 @@ def test_cka_matrix_of_the_pretrained_model_against_itself_has_ones_on_the_diago
 def test_cka_matrix_explains_bad_input(acts_a, acts_b, kwargs, error, message):
     with pytest.raises(error, match=message):
         cka_matrix(acts_a, acts_b, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy
+
+
+def test_accuracy_counts_top_logits_and_soft_labels():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [1.0, 0.0, 0.5], [0.0, 0.0, 4.0]])
+    assert accuracy(logits, torch.tensor([0, 1, 2, 2])) == pytest.approx(0.75)
+    soft = torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.2, 0.1, 0.7], [0.1, 0.1, 0.8]])
+    assert accuracy(logits, soft) == pytest.approx(0.75), "soft labels count as their top class"
+    with pytest.raises(ValueError, match=r"one class per row of logits \(4\)"):
+        accuracy(logits, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"shaped \(N, classes\)"):
+        accuracy(logits[0], torch.tensor([0]))
+

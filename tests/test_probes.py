@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from course_lib.feature_cache import FeatureCache
-from course_lib.models import load_backbone, stage_names
+from course_lib.models import load_backbone
 from course_lib.probes import linear_probe_accuracy, nearest_neighbours, transferability_curve
 from course_lib.world import ShapeWorld
 
