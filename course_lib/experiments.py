@@ -26,7 +26,7 @@ from course_lib.finetuning import fine_tune
 from course_lib.history import History
 from course_lib.models import replace_head
 from course_lib.training import evaluate, fit
-from course_lib.validation import check_module, is_int
+from course_lib.validation import check_module, check_positive_int, is_int
 
 __all__ = ["compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy", "scratch_epochs"]
 
@@ -78,8 +78,7 @@ def scratch_epochs(num_images: int, images_seen: int = 3000, min_epochs: int = 8
 
     Tiny training sets get many passes (they are cheap), large ones at least a few.
     """
-    if not is_int(num_images) or num_images < 1:
-        raise ValueError(f"num_images must be a positive int, got {num_images!r}.")
+    check_positive_int(num_images, "num_images")
     return min(max_epochs, max(min_epochs, math.ceil(images_seen / num_images)))
 
 
@@ -169,8 +168,7 @@ def fine_tune_copy(
 def rule_of_thumb(total_images: int) -> str:
     """The size rule chapter 19.3 tests, as a strategy name: fewer than 500 labelled images, a linear
     probe; 500 to 5,000, partial fine-tuning; more, full fine-tuning (at a lower learning rate)."""
-    if not is_int(total_images) or total_images < 1:
-        raise ValueError(f"total_images must be a positive int, got {total_images!r}.")
+    check_positive_int(total_images, "total_images")
     if total_images < 500:
         return "linear probe"
     return "partial" if total_images <= 5000 else "full"

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from course_lib.core import eval_mode, model_device
 from course_lib.feature_cache import FeatureCache
+from course_lib.validation import check_positive_int
 
 __all__ = ["POOLS", "extract_features", "feature_loader", "features_dataset", "layer_names"]
 
@@ -181,8 +182,7 @@ def _as_loader(data: Dataset | DataLoader, batch_size: int, device: torch.device
             f"data must be a torch Dataset (with __len__) or a DataLoader, got {type(data).__name__}. "
             "Wrap tensors with torch.utils.data.TensorDataset(images, labels)."
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int(batch_size, "batch_size")
     return DataLoader(data, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
 
 
@@ -218,7 +218,6 @@ def features_dataset(features: torch.Tensor, labels: torch.Tensor) -> TensorData
 def feature_loader(features: torch.Tensor, labels: torch.Tensor, batch_size: int = 256, shuffle: bool = True,
                    seed: int = 0) -> DataLoader:
     """A DataLoader over features and labels for :func:`course_lib.training.fit`; shuffling is seeded."""
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int(batch_size, "batch_size")
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(features_dataset(features, labels), batch_size=batch_size, shuffle=shuffle, generator=generator)

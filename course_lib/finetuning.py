@@ -29,7 +29,7 @@ from course_lib.freezing import FreezeBatchNorm, freeze, unfreeze
 from course_lib.history import History
 from course_lib.models import get_head, layer_groups
 from course_lib.training import fit
-from course_lib.validation import check_module, is_int
+from course_lib.validation import check_module, check_positive_int, check_positive_number, is_int
 
 __all__ = ["STRATEGIES", "GradualUnfreezing", "fine_tune", "layerwise_lr_groups", "train_last_stages", "trainable_groups_at"]
 
@@ -47,8 +47,7 @@ def layerwise_lr_groups(model: nn.Module, head_lr: float, factor: float = 2.6) -
     trainable. Each group is a dict with ``"params"``, ``"lr"`` and ``"name"``, ready for
     ``torch.optim.AdamW(groups)``. Chapter 19.3's first exercise asks you to write this.
     """
-    if not isinstance(head_lr, (int, float)) or isinstance(head_lr, bool) or not head_lr > 0:
-        raise ValueError(f"head_lr must be a positive number, got {head_lr!r}.")
+    check_positive_number(head_lr, "head_lr")
     if not isinstance(factor, (int, float)) or isinstance(factor, bool) or not factor >= 1:
         raise ValueError(f"factor must be a number >= 1 (1 gives every group the same rate), got {factor!r}.")
     groups = layer_groups(model)
@@ -166,11 +165,10 @@ def fine_tune(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}: choose one of {', '.join(map(repr, STRATEGIES))}.")
-    if not is_int(epochs) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
+    check_positive_int(epochs, "epochs")
     for name, value in (("lr", lr), ("head_lr", head_lr)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0):
-            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        if value is not None:
+            check_positive_number(value, name)
     check_module(model, "fine_tune", what=_WHOLE_MODEL)
     head_lr = lr if head_lr is None else head_lr
     keep_statistics = [FreezeBatchNorm()] if freeze_batchnorm else []

@@ -28,7 +28,10 @@ from course_lib.activations import named_layers
 from course_lib.feature_cache import FeatureCache
 from course_lib.features import extract_features
 from course_lib.models import stage_names
-from course_lib.validation import check_class_labels, check_feature_matrix, check_same_feature_space
+from course_lib.validation import (
+    check_class_labels, check_feature_matrix, check_non_negative_int, check_positive_int, check_positive_number,
+    check_same_feature_space,
+)
 
 __all__ = ["METRICS", "linear_probe_accuracy", "nearest_neighbours", "transferability_curve"]
 
@@ -116,16 +119,13 @@ def _train_linear_classifier(
 
 
 def _check_training_settings(epochs: Any, lr: Any, weight_decay: Any, batch_size: Any, seed: Any) -> None:
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise ValueError(f"epochs must be a positive int, got {epochs!r}.")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise ValueError(f"lr must be a positive number, got {lr!r}; e.g. lr=0.05.")
+    check_positive_int(epochs, "epochs")
+    check_positive_number(lr, "lr", hint="For example lr=0.05.")
     if not isinstance(weight_decay, (int, float)) or isinstance(weight_decay, bool) or not weight_decay >= 0:
         raise ValueError(f"weight_decay must be a number >= 0, got {weight_decay!r}; 0 switches the L2 penalty off.")
     if batch_size is not None and (not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int, or None for full batches, got {batch_size!r}.")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    check_non_negative_int(seed, "seed")
 
 
 @torch.no_grad()
