@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from course_lib.callbacks import EarlyStopping, LambdaCallback
-from course_lib.core import count_parameters, eval_mode, model_device
+from course_lib.core import model_device
 from course_lib.training import evaluate, predict
 
 from toy import NUM_CLASSES, colour_images, loaders, quiet_fit, small_cnn
@@ -103,16 +103,6 @@ def test_evaluate_runs_without_gradients_and_restores_each_layers_mode():
     assert grad_enabled and not any(grad_enabled)
     assert model.training and model[0].training and not model[1].training
     assert torch.equal(model[1].running_mean, running_mean)
-
-
-def test_eval_mode_restores_modes_even_after_an_error():
-    model = small_cnn()
-    model.train()
-    with pytest.raises(RuntimeError):
-        with eval_mode(model):
-            assert not model.training
-            raise RuntimeError("boom")
-    assert all(module.training for module in model.modules())
 
 
 def test_predict_returns_logits_and_targets_in_loader_order():
@@ -216,18 +206,3 @@ def test_unfreezing_layers_the_default_optimizer_does_not_hold_is_an_error():
     unfreeze = LambdaCallback(on_epoch_start=lambda s: s.model[:2].requires_grad_(True), epochs=[2])
     with pytest.raises(ValueError, match="not in the optimizer"):
         quiet_fit(model, train, epochs=2, callbacks=[unfreeze])
-
-
-# ---------------------------------------------------------------------------------------------
-# count_parameters
-
-
-def test_count_parameters_splits_trainable_and_frozen():
-    model = small_cnn()
-    total = sum(p.numel() for p in model.parameters())
-    assert count_parameters(model) == (total, 0)
-    model[5].requires_grad_(False)
-    assert count_parameters(model) == (total - 15, 15)
-    with pytest.raises(TypeError, match="nn.Module"):
-        count_parameters("resnet")
-
