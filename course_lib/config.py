@@ -1,22 +1,26 @@
-"""Run profiles, seeding, device choice and folders: what ``setup()`` decides for a notebook.
+"""Run profiles, sizes, seeding, device choice and folders: what ``setup()`` decides for a notebook.
 
-Every notebook's first cell is::
+Every notebook starts with ``cfg = course_lib.setup()`` and reads its sizes and epochs from
+``cfg`` instead of hard-coding them, so one notebook runs as a 20-second smoke test, a few-minute
+CPU lesson, or a real GPU experiment. A run is two independent choices:
 
-    import course_lib
-    cfg = course_lib.setup()
+- the **world**, *what data and backbone*: ``offline`` is the course's procedural image world and
+  its own source model (nothing to download); ``real`` is torchvision datasets (CIFAR-10, SVHN,
+  MNIST, ...) and ImageNet-pretrained backbones.
+- the **size**, *how big*: ``smoke`` (seconds: CI, autograding), ``standard`` (a lesson on a
+  laptop CPU), ``full`` (the real experiment; a GPU for the real world).
 
-and then reads its sizes and epochs from ``cfg`` instead of hard-coding them, so one notebook runs
-as a 20-second smoke test, a few-minute CPU lesson, or a real GPU experiment.
+The three **profiles** (``COURSE_PROFILE`` or ``setup(profile=...)``) are presets of the two:
+``smoke`` = offline world at smoke size, ``standard`` (the default) = offline at standard size,
+``real`` = real world at full size. ``COURSE_SIZE`` (or ``setup(size=...)``) overrides the size:
+``COURSE_PROFILE=real COURSE_SIZE=smoke`` runs the real data and weights at smoke size (CI does).
+Under nbgrader the size is ``smoke`` unless ``COURSE_SIZE`` says otherwise. Every size a notebook
+uses is a field of :class:`CourseConfig`, set in one table (``_SIZE_TABLE``); notebooks never
+branch on the profile's name.
 
-Profiles (choose with the ``COURSE_PROFILE`` environment variable or ``setup(profile=...)``):
-
-``smoke``     tiny sizes for CI, nbval and autograding; chosen automatically under nbgrader.
-``standard``  the default: full lesson sizes on the course's offline image world, CPU-friendly.
-``real``      torchvision datasets and ImageNet-pretrained backbones; a GPU is recommended.
-
-A profile never changes behind the notebook's back: if the ``real`` profile's data or weights are
-missing, loading them raises an error that says what to do; it does not fall back to the offline
-world.
+A profile never changes behind the notebook's back: missing real data or weights raise an error
+that says what to do, never a fall-back to the offline world. The one exception is explicit and
+loud, for tests with stand-in files only: ``COURSE_UNVERIFIED_FILES=1`` (:func:`allow_unverified`).
 """
 
 from __future__ import annotations
@@ -25,58 +29,111 @@ import dataclasses
 import os
 import platform
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-PROFILE_NAMES = ("smoke", "standard", "real")
+WORLDS = ("offline", "real")
+SIZES = ("smoke", "standard", "full")
+# Each profile is a (world, size) preset.
+PROFILES: dict[str, tuple[str, str]] = {
+    "smoke": ("offline", "smoke"),
+    "standard": ("offline", "standard"),
+    "real": ("real", "full"),
+}
+PROFILE_NAMES = tuple(PROFILES)
+
+# What data and backbone each world uses (lesson_data and load_backbone read these names).
+_WORLD_SETTINGS: dict[str, dict[str, str]] = {
+    "offline": dict(dataset="shapeworld", backbone="course-resnet"),
+    "real": dict(dataset="cifar10", backbone="resnet18"),
+}
+
+# Every size a lesson uses, per (world, size); the fields are documented in CourseConfig.
+# The offline world's images are always 64 px (the source model was trained on them). Real images
+# are 224 px at full size (ImageNet's resolution), 112 px at standard size (4x cheaper on a CPU),
+# and 32 px at smoke size: CIFAR-10's and SVHN's own resolution, where a ResNet-18 runs about 50x
+# faster than at 224 px, so that the real world's smoke run takes seconds per cell on a CPU.
+_SIZE_FIELDS = (
+    "image_size", "train_per_class", "test_per_class", "epochs", "batch_size", "num_seeds",
+    "cka_images", "scratch_epochs", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
+)
+_SIZE_TABLE: dict[tuple[str, str], tuple] = {
+    #                         image train test epochs batch seeds  cka scratch  ft_batch ft_epochs ft_batches
+    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,      16,       2,        1),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,      32,       5,        6),
+    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,      32,       5,       60),
+    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,      16,       2,        1),
+    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,      32,       5,        6),
+    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,      32,       5,       60),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class CourseConfig:
-    """Everything a notebook needs to know about the run it is in (returned by :func:`setup`)."""
+    """Everything a notebook needs to know about the run it is in (returned by :func:`setup`).
+
+    What was chosen and why: ``profile`` (a readable name: the preset, or e.g. ``"real (smoke
+    size)"`` when ``COURSE_SIZE`` changed its size), ``profile_reason``, ``world``, ``size``.
+    What the world uses: ``dataset``, ``backbone``, ``data_dir`` (real datasets), ``cache_dir``.
+
+    The sizes (one row of the size table):
+
+    - ``image_size``: pixels per side of every image the backbone sees.
+    - ``train_per_class`` / ``test_per_class``: images per class of the target task (19.1-19.3).
+    - ``epochs``: epochs of training a head on images (19.2's BatchNorm pitfall).
+    - ``batch_size``: a default batch size for training on images.
+    - ``num_seeds``: random initialisations (19.1) or data draws (19.2; 19.3 uses at most 2).
+    - ``cka_images``: at most this many test images are compared with CKA (19.1); every stage's
+      activations of all of them are held in memory at once.
+    - ``scratch_epochs``: epochs of the from-scratch baseline in 19.2's data-efficiency curve;
+      None uses :func:`course_lib.experiments.scratch_epochs`, which scales with the data size.
+    - ``finetune_batch_size``, ``finetune_epochs``, ``finetune_batches_per_epoch``: every
+      fine-tuning run of 19.3 (a fixed number of batches per epoch, so that runs on 1 or 100
+      images per class cost the same).
+    """
 
     profile: str
     profile_reason: str
+    world: str
+    size: str
     device: torch.device
     seed: int
     data_dir: Path
     cache_dir: Path
+    dataset: str
+    backbone: str
     image_size: int
     train_per_class: int
     test_per_class: int
     epochs: int
     batch_size: int
     num_seeds: int
-    dataset: str
-    backbone: str
+    cka_images: int
+    scratch_epochs: int | None
+    finetune_batch_size: int
+    finetune_epochs: int
+    finetune_batches_per_epoch: int
 
     @property
     def offline(self) -> bool:
         """True when the run uses only the course's own world and model (no downloads needed)."""
-        return self.profile != "real"
+        return self.world == "offline"
 
 
-# Sizes per profile. `real` uses torchvision datasets and an ImageNet ResNet-18 at 224 pixels.
-_PROFILE_SETTINGS: dict[str, dict] = {
-    "smoke": dict(
-        image_size=64, train_per_class=8, test_per_class=8, epochs=1, batch_size=64, num_seeds=1,
-        dataset="shapeworld", backbone="course-resnet",
-    ),
-    "standard": dict(
-        image_size=64, train_per_class=100, test_per_class=50, epochs=5, batch_size=128, num_seeds=3,
-        dataset="shapeworld", backbone="course-resnet",
-    ),
-    "real": dict(
-        image_size=224, train_per_class=500, test_per_class=100, epochs=5, batch_size=64, num_seeds=3,
-        dataset="cifar10", backbone="resnet18",
-    ),
-}
+def size_settings(world: str, size: str) -> dict:
+    """The sizes of ``world`` at ``size`` as a dict of :class:`CourseConfig` fields (the size table's row)."""
+    if world not in WORLDS:
+        raise ValueError(f"Unknown world {world!r}: use one of {', '.join(WORLDS)}.")
+    if size not in SIZES:
+        raise ValueError(f"Unknown size {size!r}: use one of {', '.join(SIZES)}.")
+    return dict(zip(_SIZE_FIELDS, _SIZE_TABLE[world, size]))
 
 
 def choose_profile(requested: str | None = None) -> tuple[str, str]:
-    """Return ``(profile, reason)``.
+    """Return ``(profile, reason)``: which preset (and so which world) the run uses.
 
     Precedence: the ``COURSE_PROFILE`` environment variable (what the person running the course
     asked for), then ``smoke`` when nbgrader is executing the notebook (``NBGRADER_EXECUTION`` is
@@ -97,6 +154,59 @@ def choose_profile(requested: str | None = None) -> tuple[str, str]:
             f"Use one of {', '.join(PROFILE_NAMES)}, e.g. COURSE_PROFILE=smoke."
         )
     return choice, reason
+
+
+def choose_size(profile: str, requested: str | None = None) -> tuple[str, str]:
+    """Return ``(size, reason)`` for a run of ``profile``.
+
+    Precedence, as for the profile: the ``COURSE_SIZE`` environment variable, then ``smoke`` under
+    nbgrader, then the notebook's ``requested`` size, then the profile's own size.
+    """
+    env_size = os.environ.get("COURSE_SIZE", "").strip()
+    if env_size:
+        choice, reason = env_size, "COURSE_SIZE environment variable"
+    elif os.environ.get("NBGRADER_EXECUTION"):
+        choice, reason = "smoke", "running under nbgrader (NBGRADER_EXECUTION is set)"
+    elif requested:
+        choice, reason = requested, "requested by the notebook"
+    else:
+        choice, reason = PROFILES[profile][1], f"the {profile} profile's size"
+    if choice not in SIZES:
+        raise ValueError(
+            f"Unknown course size {choice!r} (from {reason}). Use one of {', '.join(SIZES)}, e.g. COURSE_SIZE=smoke."
+        )
+    return choice, reason
+
+
+def profile_name(profile: str, size: str) -> str:
+    """A readable name for ``profile`` run at ``size``: the preset's name when one matches, else e.g. ``"real (smoke size)"``."""
+    world = PROFILES[profile][0]
+    for name, preset in PROFILES.items():
+        if preset == (world, size):
+            return name
+    return f"{profile} ({size} size)"
+
+
+def allow_unverified(path: str | Path, problem: str) -> bool:
+    """Whether to use ``path`` although it failed verification (``problem``); for tests only.
+
+    False unless the ``COURSE_UNVERIFIED_FILES`` environment variable is ``1``. Then it prints a
+    warning naming the file to stderr, every time, and returns True: stand-in datasets and weights
+    made by the tests cannot match the official checksums (tests/test_real_profile.py). Used by
+    :func:`course_lib.real_datasets.load_real_dataset` and
+    :func:`course_lib.pretrained_weights.load_torchvision_backbone`.
+    """
+    setting = os.environ.get("COURSE_UNVERIFIED_FILES", "").strip()
+    if setting in ("", "0"):
+        return False
+    if setting != "1":
+        raise ValueError(f"COURSE_UNVERIFIED_FILES must be 1 (accept unverified files) or unset, got {setting!r}.")
+    print(
+        f"WARNING: COURSE_UNVERIFIED_FILES=1: using {path} although {problem}. "
+        "Results from unverified files mean nothing; this setting is for tests with stand-in files only.",
+        file=sys.stderr,
+    )
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -141,31 +251,39 @@ def default_cache_dir() -> Path:
 
 
 def default_data_dir() -> Path:
-    """Folder for real torchvision datasets (``COURSE_DATA_DIR``), used by the ``real`` profile."""
+    """Folder for real torchvision datasets (``COURSE_DATA_DIR``), used by the real world."""
     return Path(os.environ.get("COURSE_DATA_DIR") or default_cache_dir() / "data").expanduser()
 
 
-def setup(profile: str | None = None, seed: int = 0, device: str | None = None, quiet: bool = False) -> CourseConfig:
-    """Prepare a notebook run: choose the profile, seed everything, pick the device, print a summary.
+def setup(profile: str | None = None, seed: int = 0, device: str | None = None, quiet: bool = False, *,
+          size: str | None = None) -> CourseConfig:
+    """Prepare a notebook run: choose the profile and size, seed everything, pick the device, print a summary.
 
     Used as the first cell of every lesson. Returns a :class:`CourseConfig` whose fields
     (``image_size``, ``train_per_class``, ``epochs``, ...) the notebook uses for its sizes.
-    The ``smoke`` profile also limits PyTorch to one CPU thread (see the comment below).
+    The smoke size also limits PyTorch to one CPU thread (see the comment below).
     """
-    name, reason = choose_profile(profile)
+    preset, reason = choose_profile(profile)
+    size, size_reason = choose_size(preset, size)
+    world = PROFILES[preset][0]
+    if size != PROFILES[preset][1]:
+        reason = f"{reason}; size {size}: {size_reason}"
     seed_everything(seed)
-    if name == "smoke":
+    if size == "smoke":
         # Smoke runs do tiny operations, often several processes at once (CI, grading a class):
         # one thread each avoids the threads fighting over the cores, which can slow them 20x.
         torch.set_num_threads(1)
     cfg = CourseConfig(
-        profile=name,
+        profile=profile_name(preset, size),
         profile_reason=reason,
+        world=world,
+        size=size,
         device=pick_device(device),
         seed=seed,
         data_dir=default_data_dir(),
         cache_dir=default_cache_dir(),
-        **_PROFILE_SETTINGS[name],
+        **_WORLD_SETTINGS[world],
+        **size_settings(world, size),
     )
     if not quiet:
         print(describe(cfg))
@@ -180,7 +298,7 @@ def describe(cfg: CourseConfig) -> str:
     backbone = "the course's pretrained source model" if cfg.backbone == "course-resnet" else f"ImageNet {cfg.backbone}"
     return "\n".join(
         [
-            f"profile   {cfg.profile} ({cfg.profile_reason}); seed {cfg.seed}",
+            f"profile   {cfg.profile} ({cfg.profile_reason}): {cfg.world} world, {cfg.size} size; seed {cfg.seed}",
             f"device    {cfg.device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
             f"data      {data}; {cfg.train_per_class} train / {cfg.test_per_class} test images per class, {cfg.image_size}px",
             f"backbone  {backbone}",

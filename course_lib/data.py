@@ -1,143 +1,28 @@
-"""Real torchvision datasets for the ``real`` profile, with errors that say where the files go.
+"""A lesson's data in every world: ImageNet preprocessing, labels, class-balanced subsets, target tasks.
 
-The offline profiles (``smoke``, ``standard``) use the course's own image world and need none of
-this. The ``real`` profile loads MNIST, USPS, SVHN, CIFAR-10/100 or Omniglot through
-:func:`load_real_dataset`, resizes them for ImageNet backbones with :func:`imagenet_transform`
-(19.2 feature extraction, 19.3 fine-tuning), and takes balanced few-shot subsets with
-:func:`subset_per_class` (19.5). MNIST -> USPS and SVHN -> MNIST are the classic domain shifts of
-19.4.
-
-All datasets live under one data folder (``COURSE_DATA_DIR``, see
-:func:`course_lib.config.default_data_dir`). USPS and SVHN keep their files in subfolders ``usps/``
-and ``svhn/`` of it (torchvision would otherwise put them loose in the folder); the others use
-torchvision's own subfolders.
+:func:`lesson_data` is the one place where a lesson's data differs by world: the course's own
+shape world offline, a torchvision dataset (:mod:`course_lib.real_datasets`) in the real world.
+:func:`near_and_far_targets` gives 19.3 a target close to the source and one far from it.
+:func:`imagenet_transform` prepares images for ImageNet backbones (19.2 feature extraction, 19.3
+fine-tuning), :func:`dataset_targets` reads any dataset's labels without loading its images, and
+:func:`sample_per_class` / :func:`subset_per_class` draw balanced few-shot subsets (19.2, 19.3, 19.5).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-if TYPE_CHECKING:  # only for type hints: config imports nothing from here, but keep data light
-    from course_lib.config import CourseConfig
-
-REAL_DATASETS = ("mnist", "usps", "svhn", "cifar10", "cifar100", "omniglot")
+from course_lib.config import CourseConfig
+from course_lib.real_datasets import RealDataset, load_real_dataset
 
 # The statistics the ImageNet-pretrained torchvision and timm backbones were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _dataset_folder(name: str, root: Path) -> Path:
-    """The folder torchvision reads ``name`` from, given the course's data folder ``root``."""
-    return {
-        "mnist": root / "MNIST" / "raw",
-        "usps": root / "usps",
-        "svhn": root / "svhn",
-        "cifar10": root / "cifar-10-batches-py",
-        "cifar100": root / "cifar-100-python",
-        "omniglot": root / "omniglot-py",
-    }[name]
-
-
-def _expected_files(name: str, train: bool) -> list[str]:
-    """The files torchvision checks for in :func:`_dataset_folder` (names as torchvision spells them)."""
-    if name == "mnist":  # torchvision checks all four files whichever split is asked for
-        return ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    if name == "usps":
-        return ["usps.bz2" if train else "usps.t.bz2"]
-    if name == "svhn":
-        return ["train_32x32.mat" if train else "test_32x32.mat"]
-    if name == "cifar10":
-        batches = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-        return batches + ["batches.meta"]
-    if name == "cifar100":
-        return ["train" if train else "test", "meta"]
-    # Omniglot checks the zip's checksum and then reads the unpacked folder next to it.
-    split = "images_background" if train else "images_evaluation"
-    return [f"{split}.zip", split]
-
-
-def _missing_data_message(name: str, root: Path, train: bool, problem: str) -> str:
-    folder = _dataset_folder(name, root)
-    files = ", ".join(_expected_files(name, train))
-    split = "train" if train else "test"
-    return (
-        f"{problem}\n"
-        f"The {name} {split} split is read from the folder {folder} and needs: {files}.\n"
-        "To fix this, either\n"
-        f"  - call load_real_dataset({name!r}, download=True) on a machine with internet access, or\n"
-        f"  - copy the files into {folder}, or\n"
-        "  - set the COURSE_DATA_DIR environment variable (or pass root=...) to the folder that already holds them.\n"
-        "The offline profiles (COURSE_PROFILE=standard or smoke) use the course's own image world and need no data."
-    )
-
-
-def _build_torchvision_dataset(name: str, root: Path, train: bool, transform: Callable | None, download: bool) -> Dataset:
-    import torchvision.datasets as tv  # imported here: torchvision is slow to import and only this needs it
-
-    split = "train" if train else "test"
-    if name == "mnist":
-        return tv.MNIST(root, train=train, transform=transform, download=download)
-    if name == "usps":
-        return tv.USPS(root / "usps", train=train, transform=transform, download=download)
-    if name == "svhn":
-        return tv.SVHN(root / "svhn", split=split, transform=transform, download=download)
-    if name == "cifar10":
-        return tv.CIFAR10(root, train=train, transform=transform, download=download)
-    if name == "cifar100":
-        return tv.CIFAR100(root, train=train, transform=transform, download=download)
-    return tv.Omniglot(root, background=train, transform=transform, download=download)
-
-
-def load_real_dataset(
-    name: str,
-    *,
-    root: str | Path | None = None,
-    train: bool = True,
-    transform: Callable | None = None,
-    download: bool = False,
-) -> Dataset:
-    """Load one of :data:`REAL_DATASETS` with torchvision (the ``real`` profile of every chapter).
-
-    ``root`` defaults to :func:`course_lib.config.default_data_dir`. ``train`` picks the training
-    or test split (for Omniglot: the "background" or "evaluation" alphabets, as used in 19.5).
-    Missing or corrupted files raise :class:`FileNotFoundError` saying which files go where; with
-    ``download=True`` torchvision fetches them first (this needs internet access).
-    """
-    from course_lib.config import default_data_dir
-
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a string such as 'mnist', got {type(name).__name__}.")
-    key = name.lower()
-    if key not in REAL_DATASETS:
-        raise ValueError(f"Unknown dataset {name!r}: use one of {', '.join(REAL_DATASETS)}.")
-    root = Path(root).expanduser() if root is not None else default_data_dir()
-    folder = _dataset_folder(key, root)
-
-    missing = [f for f in _expected_files(key, train) if not (folder / f).exists()]
-    if missing and not download:
-        problem = f"The {key} dataset was not found: missing {', '.join(missing)} in {folder}."
-        raise FileNotFoundError(_missing_data_message(key, root, train, problem))
-    try:
-        return _build_torchvision_dataset(key, root, train, transform, download)
-    except (RuntimeError, OSError, EOFError) as error:
-        # torchvision reports missing or corrupted files as RuntimeError("Dataset not found ..."),
-        # a failed download as URLError/RuntimeError, and USPS a broken archive as OSError/EOFError.
-        if download:
-            problem = f"Downloading {key} failed ({type(error).__name__}: {error}); is there internet access?"
-        else:
-            problem = (
-                f"The {key} files in {folder} are there but could not be read ({type(error).__name__}: {error}); "
-                "they are probably incomplete or corrupted: delete them and get them again."
-            )
-        raise FileNotFoundError(_missing_data_message(key, root, train, problem)) from error
 
 
 class ToRGB:
@@ -189,9 +74,12 @@ def dataset_targets(dataset: Dataset) -> torch.Tensor:
     """The class labels of ``dataset`` as a 1-D ``torch.long`` tensor, without loading images where possible.
 
     Reads the label attribute torchvision datasets keep (``targets``, SVHN's ``labels``, Omniglot's
-    character list) and follows :class:`~torch.utils.data.Subset` and ConcatDataset. Other datasets
-    are read item by item, which loads every image (slow, but correct).
+    character list) and follows :class:`~torch.utils.data.Subset`, ConcatDataset and
+    :class:`~course_lib.real_datasets.RealDataset`. Other datasets are read item by item, which
+    loads every image (slow, but correct).
     """
+    if isinstance(dataset, RealDataset):
+        return dataset_targets(dataset.dataset)
     if isinstance(dataset, Subset):
         return dataset_targets(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
     if isinstance(dataset, ConcatDataset):
@@ -256,13 +144,13 @@ def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Su
     """A class-balanced :class:`~torch.utils.data.Subset`: ``n_per_class`` random examples of every class.
 
     The dataset form of :func:`sample_per_class` (same draw for the same seed). Used for the
-    ``real`` profile's training and test sets and the few-shot tasks of 19.5.
+    real world's training and test sets, 19.3's test subsets and the few-shot tasks of 19.5.
     """
     return Subset(dataset, sample_per_class(dataset_targets(dataset), n_per_class, seed=seed).tolist())
 
 
 # ---------------------------------------------------------------------------------------------
-# The target task of a lesson, in every profile
+# The target task of a lesson, in every world
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,13 +177,14 @@ def lesson_data(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> LessonData:
-    """The target task for ``cfg``'s profile: the one place where a lesson's data differs by profile.
+    """The target task for ``cfg``'s world: the one place where a lesson's data differs by world.
 
-    - ``smoke`` / ``standard``: the 10 *target* shapes of the course's world (classes the source
+    - ``offline``: the 10 *target* shapes of the course's world (classes the source
       model never saw) in ``domain``, ``cfg.train_per_class`` training images per class (seed 0)
       and ``cfg.test_per_class`` test images per class (seed 1: never the same images).
-    - ``real``: ``cfg.dataset`` from ``cfg.data_dir``, resized for ImageNet backbones, with
-      class-balanced subsets of the same sizes (missing files raise an error saying where they go).
+    - ``real``: ``cfg.dataset`` from ``cfg.data_dir``, resized to ``cfg.image_size`` for ImageNet
+      backbones, with class-balanced subsets of the same sizes (missing files raise an error
+      saying where they go).
 
     Images are normalised with the statistics the backbone was trained with, unless ``mean`` and
     ``std`` say otherwise: chapter 19.2 uses that to measure what the wrong statistics cost.
@@ -313,14 +202,14 @@ def lesson_data(
     if std is not None and min(std) <= 0:
         raise ValueError(f"std must be positive (it divides the pixels), got {std!r}.")
 
-    if cfg.profile == "real":
+    if cfg.world == "real":
         mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
         transform = imagenet_transform(cfg.image_size, mean=mean, std=std)
         full_train = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=True, transform=transform)
         full_test = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=False, transform=transform)
         train = subset_per_class(full_train, cfg.train_per_class, seed=0)
         test = subset_per_class(full_test, cfg.test_per_class, seed=1)
-        class_names = [str(name) for name in getattr(full_train, "classes", [])]
+        class_names = [str(name) for name in full_train.classes]
         if not class_names:
             class_names = [str(c) for c in range(int(dataset_targets(full_train).max()) + 1)]
         description = f"{cfg.dataset} from {cfg.data_dir}"
@@ -342,14 +231,14 @@ FAR_REAL_DATASET = "svhn"
 
 
 def near_and_far_targets(cfg: CourseConfig) -> dict[str, LessonData]:
-    """Two target tasks for ``cfg``'s profile, ``{"near": ..., "far": ...}`` (19.3).
+    """Two target tasks for ``cfg``'s world, ``{"near": ..., "far": ...}`` (19.3).
 
-    - ``smoke`` / ``standard``: both are the 10 target shapes; *near* is drawn in the clean
+    - ``offline``: both are the 10 target shapes; *near* is drawn in the clean
       ``studio`` domain the source model was trained in, *far* in the dark, noisy ``night`` domain.
     - ``real``: *near* is ``cfg.dataset`` (CIFAR-10: natural photos, like ImageNet), *far* is SVHN
       (house numbers: digits, a different kind of image), both with the same subset sizes.
     """
-    if cfg.profile == "real":
+    if cfg.world == "real":
         far = lesson_data(dataclasses.replace(cfg, dataset=FAR_REAL_DATASET))
     else:
         far = lesson_data(cfg, domain=FAR_DOMAIN)

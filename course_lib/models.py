@@ -3,16 +3,15 @@
 ``load_backbone("course-resnet")`` gives the small ResNet the course pretrained on its own shape
 world (weights ship with the library, so no lesson waits for pretraining). ``load_backbone(
 "resnet18")`` gives torchvision's ImageNet ResNet-18 and ``load_backbone("timm:resnet18.a1_in1k")``
-a timm model, both from the caches those libraries use. A lesson switches between them by profile,
-not by rewriting code: every backbone answers to :func:`stage_names`, :func:`get_head` and
-:func:`replace_head`.
+a timm model, both from the caches those libraries use (read by :mod:`course_lib.pretrained_weights`).
+A lesson switches between them by world, not by rewriting code: every backbone answers to
+:func:`stage_names`, :func:`get_head` and :func:`replace_head`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -213,109 +212,19 @@ def load_course_resnet(weights_path: Path | str | None = None, *, pretrained: bo
     return model
 
 
-def torchvision_checkpoint_path(name: str) -> Path:
-    """Where torchvision keeps (or would download) the ImageNet weights of model ``name``."""
-    url = _torchvision_weights(name).url
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
-
-
-def _torchvision_weights(name: str):
-    import torchvision
-
-    try:
-        return torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError) as error:
-        raise ValueError(
-            f"torchvision has no model called {name!r}; try 'resnet18', 'resnet50' or 'mobilenet_v3_small'."
-        ) from error
-
-
-def load_torchvision_backbone(name: str, *, download: bool = False, check_hash: bool = True) -> nn.Module:
-    """An ImageNet-pretrained torchvision model, read from torch's hub cache (``real`` profile).
-
-    With ``download=False`` (the default) nothing is fetched: a missing file raises an error that
-    says where to put it. ``check_hash`` verifies the file against the hash prefix in its name, as
-    torchvision does.
-    """
-    import torchvision
-
-    weights = _torchvision_weights(name)
-    path = torchvision_checkpoint_path(name)
-    if not path.exists() and not download:
-        raise FileNotFoundError(
-            f"ImageNet weights for {name} are not in the torch cache: {path}. On a machine with "
-            f"internet, run `course_lib.models.load_backbone({name!r}, download=True)` once, or copy "
-            f"the file {path.name} there (TORCH_HOME moves the cache). Without them, use the offline "
-            "profile (COURSE_PROFILE=standard) and the course's own model."
-        )
-    model = torchvision.models.get_model(name, weights=None)
-    if not path.exists():
-        state = torch.hub.load_state_dict_from_url(weights.url, progress=True, check_hash=check_hash)
-    else:
-        if check_hash:
-            prefix = path.stem.rsplit("-", 1)[-1]
-            if not file_sha256(path).startswith(prefix):
-                raise ValueError(
-                    f"{path} does not match the hash in its name ({prefix}): it is corrupted or not "
-                    "torchvision's official file. Delete it and download it again."
-                )
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
-    return model
-
-
-def timm_checkpoint_path(name: str) -> Path | None:
-    """The cached file of timm model ``name``'s pretrained weights, or None when it is not cached.
-
-    timm keeps its weights in the Hugging Face hub cache (``HF_HOME``); looking there needs no
-    network.
-    """
-    import timm
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        config = timm.models.get_pretrained_cfg(name)
-    except RuntimeError:
-        config = None
-    if config is None or not config.hf_hub_id:
-        raise ValueError(
-            f"timm has no pretrained weights called {name!r}; list them with timm.list_pretrained('resnet*')."
-        )
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        cached = try_to_load_from_cache(config.hf_hub_id, filename)
-        if isinstance(cached, str):
-            return Path(cached)
-    return None
-
-
-def load_timm_backbone(name: str, *, download: bool = False) -> nn.Module:
-    """An ImageNet-pretrained timm model (e.g. ``resnet18.a1_in1k``) from the Hugging Face cache."""
-    import timm
-
-    path = timm_checkpoint_path(name)
-    if path is not None:
-        # Point timm at the cached file, so that loading never touches the network.
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)})
-    if not download:
-        raise FileNotFoundError(
-            f"timm's pretrained weights for {name} are not in the Hugging Face cache "
-            f"(HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}). On a machine with "
-            f"internet, run `course_lib.models.load_backbone('timm:{name}', download=True)` once. "
-            "Without them, use the offline profile (COURSE_PROFILE=standard) and the course's own model."
-        )
-    return timm.create_model(name, pretrained=True)
-
-
 def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, download: bool = False) -> nn.Module:
-    """Load a backbone by name, the same call in every profile.
+    """Load a backbone by name, the same call in every world.
 
-    - ``"course-resnet"``: the course's source model (offline profiles);
-    - a torchvision name such as ``"resnet18"`` (``real`` profile);
+    - ``"course-resnet"``: the course's source model (the offline world);
+    - a torchvision name such as ``"resnet18"`` (the real world);
     - ``"timm:<model name>"`` for a timm model.
 
     ``pretrained=False`` returns the same architecture with random weights (19.1 compares them).
     The model is returned in ``eval()`` mode on the CPU.
     """
+    # Imported here: pretrained_weights uses file_sha256 from this module.
+    from course_lib.pretrained_weights import load_timm_backbone, load_torchvision_backbone, torchvision_weights
+
     if name == "course-resnet":
         model = load_course_resnet(pretrained=pretrained)
     elif name.startswith("timm:"):
@@ -328,6 +237,6 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
         else:
             import torchvision
 
-            _torchvision_weights(name)  # validates the name with a helpful message
+            torchvision_weights(name)  # validates the name with a helpful message
             model = torchvision.models.get_model(name, weights=None)
     return model.eval()

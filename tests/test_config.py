@@ -1,5 +1,6 @@
-"""Tests for course_lib.config: profile choice, seeding, device choice, setup()."""
+"""Tests for course_lib.config: profile and size choice, the size table, seeding, device choice, setup()."""
 
+import dataclasses
 import random
 
 import numpy as np
@@ -11,7 +12,7 @@ from course_lib import config
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ("COURSE_PROFILE", "NBGRADER_EXECUTION", "COURSE_DEVICE"):
+    for name in ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION", "COURSE_DEVICE", "COURSE_UNVERIFIED_FILES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
@@ -86,3 +87,102 @@ def test_setup_returns_profile_sizes_and_prints_summary(capsys, tmp_path):
 def test_smoke_profile_uses_one_thread():
     config.setup(profile="smoke", quiet=True)
     assert torch.get_num_threads() == 1
+
+
+# --- worlds and sizes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("profile, world, size", [("smoke", "offline", "smoke"), ("standard", "offline", "standard"),
+                                                  ("real", "real", "full")])
+def test_profiles_are_presets_of_a_world_and_a_size(profile, world, size):
+    cfg = config.setup(profile=profile, quiet=True)
+    assert (cfg.profile, cfg.world, cfg.size) == (profile, world, size)
+    assert cfg.offline == (world == "offline")
+    assert (cfg.dataset, cfg.backbone) == (("shapeworld", "course-resnet") if world == "offline" else ("cifar10", "resnet18"))
+
+
+def test_course_size_runs_the_real_world_at_smoke_size(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_PROFILE", "real")
+    monkeypatch.setenv("COURSE_SIZE", "smoke")
+    cfg = config.setup()
+    assert (cfg.world, cfg.size, cfg.dataset, cfg.backbone) == ("real", "smoke", "cifar10", "resnet18")
+    assert cfg.profile == "real (smoke size)" and "COURSE_SIZE" in cfg.profile_reason
+    assert cfg.train_per_class == config.size_settings("offline", "smoke")["train_per_class"]
+    assert cfg.image_size < config.size_settings("real", "full")["image_size"]
+    assert torch.get_num_threads() == 1
+    assert "real world, smoke size" in capsys.readouterr().out
+
+
+def test_size_choice_follows_the_profile_precedence(monkeypatch):
+    assert config.choose_size("real") == ("full", "the real profile's size")
+    assert config.choose_size("real", "standard") == ("standard", "requested by the notebook")
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    size, reason = config.choose_size("real", "full")
+    assert size == "smoke" and "nbgrader" in reason
+    monkeypatch.setenv("COURSE_SIZE", "standard")
+    assert config.choose_size("real", "full") == ("standard", "COURSE_SIZE environment variable")
+
+
+def test_nbgrader_makes_an_explicit_profile_smoke_sized(monkeypatch):
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    monkeypatch.setenv("COURSE_PROFILE", "real")
+    cfg = config.setup(quiet=True)
+    assert (cfg.world, cfg.size, cfg.profile) == ("real", "smoke", "real (smoke size)")
+    assert "nbgrader" in cfg.profile_reason
+    # The offline world at smoke size *is* the smoke preset, and is named so.
+    monkeypatch.setenv("COURSE_PROFILE", "standard")
+    assert config.setup(quiet=True).profile == "smoke"
+
+
+@pytest.mark.parametrize("bad", ["tiny", "Smoke", "real"])
+def test_unknown_size_names_the_valid_ones(monkeypatch, bad):
+    monkeypatch.setenv("COURSE_SIZE", bad)
+    with pytest.raises(ValueError, match="smoke, standard, full.*COURSE_SIZE"):
+        config.setup(quiet=True)
+    with pytest.raises(ValueError, match="Unknown world"):
+        config.size_settings("online", "smoke")
+
+
+def test_every_row_of_the_size_table_sets_every_size_field():
+    size_fields = set(config._SIZE_FIELDS)
+    other_fields = {"profile", "profile_reason", "world", "size", "device", "seed", "data_dir", "cache_dir", "dataset", "backbone"}
+    assert size_fields | other_fields == {field.name for field in dataclasses.fields(config.CourseConfig)}
+    assert set(config._SIZE_TABLE) == {(world, size) for world in config.WORLDS for size in config.SIZES}
+    for world in config.WORLDS:
+        rows = [config.size_settings(world, size) for size in config.SIZES]
+        assert all(set(row) == size_fields for row in rows)
+        # Larger sizes never use fewer images.
+        for small, large in zip(rows, rows[1:]):
+            assert small["train_per_class"] <= large["train_per_class"] and small["test_per_class"] <= large["test_per_class"]
+    assert {config.size_settings("offline", size)["image_size"] for size in config.SIZES} == {64}  # the source model's size
+
+
+def test_the_presets_keep_the_sizes_the_notebooks_used_to_hard_code():
+    # 19.1: 128 CKA images in the real profile, else 256; 19.2: 2 from-scratch epochs in smoke, else
+    # scratch_epochs' default; 19.3: batches of 16 / 2 epochs in smoke, else 32 / 5, and 1, 6, 60 batches per epoch.
+    expected = {"smoke": (256, 2, 16, 2, 1), "standard": (256, None, 32, 5, 6), "real": (128, None, 32, 5, 60)}
+    for profile, values in expected.items():
+        cfg = config.setup(profile=profile, quiet=True)
+        assert (cfg.cka_images, cfg.scratch_epochs, cfg.finetune_batch_size, cfg.finetune_epochs,
+                cfg.finetune_batches_per_epoch) == values, profile
+
+
+def test_profile_names_are_readable():
+    assert config.profile_name("real", "full") == "real"
+    assert config.profile_name("real", "smoke") == "real (smoke size)"
+    assert config.profile_name("standard", "smoke") == "smoke"
+    assert config.profile_name("standard", "full") == "standard (full size)"
+
+
+def test_unverified_files_are_refused_unless_allowed_loudly(monkeypatch, capsys):
+    assert not config.allow_unverified("/some/file.pth", "its hash differs")
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "0")
+    assert not config.allow_unverified("/some/file.pth", "its hash differs")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "1")
+    assert config.allow_unverified("/some/file.pth", "its hash differs")
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "/some/file.pth" in err and "its hash differs" in err
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "true")
+    with pytest.raises(ValueError, match="must be 1"):
+        config.allow_unverified("/some/file.pth", "its hash differs")

@@ -1,36 +1,33 @@
-"""Tests for course_lib.data: real datasets (from the shared offline copy), transforms, subsets."""
+"""Tests for course_lib.data: ImageNet preprocessing, labels, balanced subsets, lesson target tasks."""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from standins import SHARED_DATA, write_cifar10, write_svhn
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
-from course_lib import data
+from course_lib import config
 from course_lib.config import CourseConfig
 from course_lib.data import (
     FAR_DOMAIN,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    REAL_DATASETS,
     dataset_targets,
     imagenet_transform,
     lesson_data,
-    load_real_dataset,
     near_and_far_targets,
     sample_per_class,
     subset_per_class,
 )
+from course_lib.features import FeatureCache, data_fingerprint
+from course_lib.real_datasets import RealDataset, load_real_dataset
 from course_lib.world import TARGET_CLASSES, WORLD_MEAN, WORLD_STD
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = Path(os.environ.get("COURSE_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
 
 
 @pytest.fixture
@@ -51,94 +48,6 @@ class LabelledItems(Dataset):
 
     def __getitem__(self, index):
         return torch.zeros(1), self._labels[index]
-
-
-# --- load_real_dataset -------------------------------------------------------------------------
-
-
-def test_real_mnist_test_split_loads_from_shared_copy(shared_data):
-    mnist = load_real_dataset("mnist", root=shared_data, train=False)
-    assert len(mnist) == 10_000
-    image, label = mnist[0]
-    assert isinstance(image, Image.Image) and image.size == (28, 28)
-    assert 0 <= label <= 9
-
-
-def test_real_usps_test_split_loads_from_usps_subfolder(shared_data):
-    usps = load_real_dataset("USPS", root=shared_data, train=False, transform=imagenet_transform(32))
-    assert len(usps) == 2007
-    image, label = usps[0]
-    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
-    assert 0 <= label <= 9
-
-
-def test_root_defaults_to_course_data_dir(shared_data, monkeypatch):
-    monkeypatch.setenv("COURSE_DATA_DIR", str(shared_data))
-    assert len(load_real_dataset("mnist", train=False)) == 10_000
-
-
-@pytest.mark.parametrize("name", REAL_DATASETS)
-@pytest.mark.parametrize("train", [True, False])
-def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_path):
-    with pytest.raises(FileNotFoundError) as info:
-        load_real_dataset(name, root=tmp_path, train=train, download=False)
-    message = str(info.value)
-    folder = data._dataset_folder(name, tmp_path)
-    assert str(folder) in message
-    for filename in data._expected_files(name, train):
-        assert filename in message
-    assert "download=True" in message
-    assert "COURSE_DATA_DIR" in message
-    assert "COURSE_PROFILE=standard" in message
-    assert list(tmp_path.iterdir()) == []  # nothing was created or downloaded
-
-
-def test_missing_data_uses_course_data_dir_in_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "elsewhere"))
-    with pytest.raises(FileNotFoundError, match="elsewhere"):
-        load_real_dataset("cifar10")
-
-
-def test_corrupted_files_are_reported_as_corrupted(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for filename in data._expected_files("cifar10", train=False):
-        (folder / filename).write_bytes(b"not a cifar batch")
-    with pytest.raises(FileNotFoundError, match="corrupted") as info:
-        load_real_dataset("cifar10", root=tmp_path, train=False)
-    assert isinstance(info.value.__cause__, RuntimeError)  # torchvision's own error stays attached
-
-
-def test_corrupted_usps_archive_is_reported(tmp_path):
-    (tmp_path / "usps").mkdir()
-    (tmp_path / "usps" / "usps.t.bz2").write_bytes(b"not bz2 data")
-    with pytest.raises(FileNotFoundError, match="corrupted"):
-        load_real_dataset("usps", root=tmp_path, train=False)
-
-
-def test_failed_download_is_wrapped(tmp_path, monkeypatch):
-    import torchvision.datasets as tv
-
-    def no_network(self):
-        raise URLError("no network in this test")
-
-    monkeypatch.setattr(tv.MNIST, "download", no_network)
-    with pytest.raises(FileNotFoundError, match="Downloading mnist failed") as info:
-        load_real_dataset("mnist", root=tmp_path, download=True)
-    assert "internet" in str(info.value)
-
-
-@pytest.mark.parametrize("bad_name", ["imagenet", "mnist10", ""])
-def test_unknown_name_lists_valid_ones(bad_name):
-    with pytest.raises(ValueError) as info:
-        load_real_dataset(bad_name)
-    for name in REAL_DATASETS:
-        assert name in str(info.value)
-
-
-def test_non_string_name_is_a_type_error():
-    with pytest.raises(TypeError, match="string"):
-        load_real_dataset(3)
 
 
 # --- imagenet_transform ------------------------------------------------------------------------
@@ -210,6 +119,16 @@ def test_dataset_targets_rejects_items_without_labels():
 
     with pytest.raises(TypeError, match=r"\(image, label\)"):
         dataset_targets(ImagesOnly([0, 1]))
+
+
+def test_dataset_targets_follows_a_real_dataset_to_its_torchvision_labels(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "1")
+    write_svhn(tmp_path, train_per_class=2, test_per_class=3)
+    svhn = load_real_dataset("svhn", root=tmp_path, train=False)
+    assert isinstance(svhn, RealDataset)
+    # SVHN keeps its labels in `labels`, with the digit 0 stored as 10 in the file.
+    assert torch.equal(dataset_targets(svhn), torch.as_tensor(svhn.dataset.labels).long())
+    assert sorted(dataset_targets(svhn).tolist()) == sorted(list(range(10)) * 3)
 
 
 def test_dataset_targets_of_real_mnist(shared_data):
@@ -308,20 +227,21 @@ def test_sample_per_class_bad_inputs(labels, n, error, message):
 # --- lesson_data -------------------------------------------------------------------------------
 
 
-def _config(profile: str, **changes) -> CourseConfig:
-    """A small CourseConfig without calling setup() (which seeds and sets thread counts)."""
+def _config(world: str, **changes) -> CourseConfig:
+    """A small CourseConfig of ``world`` at smoke size without calling setup() (which seeds and sets thread counts)."""
     settings = dict(
-        profile=profile, profile_reason="test", device=torch.device("cpu"), seed=0,
-        data_dir=SHARED_DATA, cache_dir=Path("unused"), image_size=32, train_per_class=3,
-        test_per_class=2, epochs=1, batch_size=8, num_seeds=1,
-        dataset="shapeworld" if profile != "real" else "mnist",
-        backbone="course-resnet" if profile != "real" else "resnet18",
+        profile="test", profile_reason="test", world=world, size="smoke", device=torch.device("cpu"), seed=0,
+        data_dir=SHARED_DATA, cache_dir=Path("unused"),
+        dataset="shapeworld" if world == "offline" else "mnist",
+        backbone="course-resnet" if world == "offline" else "resnet18",
+        **config.size_settings(world, "smoke"),
     )
+    settings.update(image_size=32, train_per_class=3, test_per_class=2)
     return CourseConfig(**{**settings, **changes})
 
 
 def test_lesson_data_offline_is_the_target_classes_with_disjoint_seeds():
-    task = lesson_data(_config("smoke"))
+    task = lesson_data(_config("offline"))
     assert task.class_names == list(TARGET_CLASSES) and task.num_classes == 10
     assert (len(task.train), len(task.test)) == (30, 20)
     assert (task.mean, task.std) == (tuple(WORLD_MEAN), tuple(WORLD_STD))
@@ -335,14 +255,14 @@ def test_lesson_data_offline_is_the_target_classes_with_disjoint_seeds():
 
 
 def test_lesson_data_domain_changes_the_images():
-    studio = lesson_data(_config("smoke"), domain="studio").train[0][0]
-    night = lesson_data(_config("smoke"), domain="night")
+    studio = lesson_data(_config("offline"), domain="studio").train[0][0]
+    night = lesson_data(_config("offline"), domain="night")
     assert "night" in night.description and not torch.allclose(studio, night.train[0][0])
 
 
 def test_lesson_data_other_statistics_renormalise_the_same_pixels():
-    right = lesson_data(_config("smoke"))
-    wrong = lesson_data(_config("smoke"), mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    right = lesson_data(_config("offline"))
+    wrong = lesson_data(_config("offline"), mean=IMAGENET_MEAN, std=IMAGENET_STD)
     assert (wrong.mean, wrong.std) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
     right_image, wrong_image = right.train[0][0], wrong.train[0][0]
     # Undo each normalisation: both must give back the same pixels in [0, 1].
@@ -363,10 +283,10 @@ def test_lesson_data_other_statistics_renormalise_the_same_pixels():
 )
 def test_lesson_data_rejects_bad_statistics(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        lesson_data(_config("smoke"), **kwargs)
+        lesson_data(_config("offline"), **kwargs)
 
 
-def test_lesson_data_real_profile_uses_balanced_subsets_of_the_dataset(shared_data):
+def test_lesson_data_real_world_uses_balanced_subsets_of_the_dataset(shared_data):
     task = lesson_data(_config("real", data_dir=shared_data))
     assert (len(task.train), len(task.test)) == (30, 20)
     assert task.num_classes == 10 and task.class_names[0].startswith("0")
@@ -376,13 +296,13 @@ def test_lesson_data_real_profile_uses_balanced_subsets_of_the_dataset(shared_da
     assert (task.mean, task.std) == (tuple(IMAGENET_MEAN), tuple(IMAGENET_STD))
 
 
-def test_lesson_data_real_profile_without_files_says_where_they_go(tmp_path):
+def test_lesson_data_real_world_without_files_says_where_they_go(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         lesson_data(_config("real", data_dir=tmp_path))
 
 
 def test_near_and_far_targets_offline_share_classes_but_not_the_look():
-    pair = near_and_far_targets(_config("smoke"))
+    pair = near_and_far_targets(_config("offline"))
     assert list(pair) == ["near", "far"]
     near, far = pair["near"], pair["far"]
     assert near.class_names == far.class_names == list(TARGET_CLASSES)
@@ -391,8 +311,49 @@ def test_near_and_far_targets_offline_share_classes_but_not_the_look():
     assert near.train[0][1] == far.train[0][1] and not torch.allclose(near.train[0][0], far.train[0][0])
 
 
-def test_near_and_far_targets_real_profile_asks_for_the_far_dataset(tmp_path, shared_data):
+def test_near_and_far_targets_real_world_asks_for_the_far_dataset(tmp_path, shared_data):
     # MNIST (the near target here) is in the shared folder, SVHN is not: the error names SVHN's place.
     cfg = _config("real", data_dir=shared_data)
     with pytest.raises(FileNotFoundError, match="svhn"):
         near_and_far_targets(cfg)
+
+
+@pytest.fixture
+def stand_in_folder(tmp_path, monkeypatch) -> Path:
+    """A data folder with stand-in CIFAR-10 and SVHN files (loading them needs COURSE_UNVERIFIED_FILES=1)."""
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "1")
+    write_cifar10(tmp_path, train_per_class=4, test_per_class=3)
+    write_svhn(tmp_path, train_per_class=4, test_per_class=3)
+    return tmp_path
+
+
+def test_lesson_data_real_world_can_be_cached_and_knows_its_source(stand_in_folder):
+    cfg = _config("real", dataset="cifar10", data_dir=stand_in_folder, image_size=24)
+    task = lesson_data(cfg)
+    assert task.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert task.description == f"cifar10 from {stand_in_folder}"
+    assert task.train[0][0].shape == (3, 24, 24)  # cfg.image_size, whatever the files' resolution
+    # The feature cache accepts the class-balanced subsets, and their keys tell apart everything
+    # the features depend on: the split, the draw, and the normalisation.
+    keys = {data_fingerprint(part) for part in (task.train, task.test)}
+    other_statistics = lesson_data(cfg, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    keys |= {data_fingerprint(part) for part in (other_statistics.train, other_statistics.test)}
+    assert len(keys) == 4
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 24 * 24, 2))
+    assert FeatureCache(stand_in_folder / "features").key(model, None, task.train, "avg")
+
+
+def test_near_and_far_targets_real_world_are_cifar10_and_svhn(stand_in_folder):
+    pair = near_and_far_targets(_config("real", dataset="cifar10", data_dir=stand_in_folder))
+    near, far = pair["near"], pair["far"]
+    assert near.description.startswith("cifar10") and far.description.startswith("svhn")
+    assert far.class_names == [str(digit) for digit in range(10)]  # SVHN has no class names: its digits
+    assert (len(near.train), len(near.test)) == (len(far.train), len(far.test)) == (30, 20)
+
+
+def test_lesson_data_follows_the_world_not_the_profile_name(stand_in_folder):
+    # A config named like an offline preset but in the real world reads real data, and vice versa.
+    real = lesson_data(_config("real", profile="smoke", dataset="cifar10", data_dir=stand_in_folder))
+    assert real.description.startswith("cifar10")
+    offline = lesson_data(dataclasses.replace(_config("offline"), profile="real"))
+    assert offline.class_names == list(TARGET_CLASSES)

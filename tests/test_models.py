@@ -1,9 +1,10 @@
-"""Tests for course_lib.models: the source model, head swaps, and loading every kind of backbone."""
+"""Tests for course_lib.models: the source model, head swaps, and load_backbone for every kind of backbone."""
 
 import json
 
 import pytest
 import torch
+from standins import write_resnet18_checkpoint
 from torch import nn
 
 from course_lib import models
@@ -76,46 +77,16 @@ def test_corrupted_course_weights_are_refused(tmp_path, monkeypatch):
         models.load_course_resnet()
 
 
-def test_torchvision_backbone_from_the_real_cache_layout(tmp_path, monkeypatch):
-    import torchvision
-
+def test_load_backbone_reads_torchvision_weights_from_the_torch_cache(tmp_path, monkeypatch):
+    # The loaders themselves are tested in test_pretrained_weights.py; here: load_backbone finds them.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    path = models.torchvision_checkpoint_path("resnet18")
-    assert path == tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    with pytest.raises(FileNotFoundError, match="download=True"):
-        models.load_backbone("resnet18")
-
-    reference = torchvision.models.resnet18(weights=None)
-    path.parent.mkdir(parents=True)
-    torch.save(reference.state_dict(), path)
-    # The file is ours, not torchvision's: its hash cannot match the name, and that is caught.
+    monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "1")
+    _, state = write_resnet18_checkpoint(tmp_path, seed=3)
+    model = models.load_backbone("resnet18")
+    assert not model.training and torch.equal(model.conv1.weight, state["conv1.weight"])
+    monkeypatch.delenv("COURSE_UNVERIFIED_FILES")
     with pytest.raises(ValueError, match="does not match the hash"):
         models.load_backbone("resnet18")
-    loaded = models.load_torchvision_backbone("resnet18", check_hash=False)
-    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
-
-
-def test_timm_backbone_from_the_hugging_face_cache_layout(tmp_path, monkeypatch):
-    import timm
-    from huggingface_hub import constants
-    from safetensors.torch import save_file
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    assert models.timm_checkpoint_path("resnet18.a1_in1k") is None
-    with pytest.raises(FileNotFoundError, match="Hugging Face cache"):
-        models.load_backbone("timm:resnet18.a1_in1k")
-
-    reference = timm.create_model("resnet18")
-    repo = tmp_path / "models--timm--resnet18.a1_in1k"
-    snapshot = repo / "snapshots" / ("0" * 40)
-    snapshot.mkdir(parents=True)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0" * 40)
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(snapshot / "model.safetensors"))
-    loaded = models.load_backbone("timm:resnet18.a1_in1k")
-    assert torch.equal(loaded.conv1.weight, reference.conv1.weight)
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        models.load_backbone("timm:not-a-model")
 
 
 def test_remove_head_turns_a_classifier_into_a_feature_extractor():
