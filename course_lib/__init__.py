@@ -7,14 +7,15 @@ never from one listed after it, and no two modules import each other, even indir
 
 **Foundations** (import nothing else from the library)
 
-- :mod:`course_lib.core`        eval_mode, model_device, to_device, count_parameters, atomic_write
+- :mod:`course_lib.core`        eval_mode, model_device, to_device, count_parameters, atomic_write, file_sha256
 - :mod:`course_lib.validation`  input checks with helpful errors: counts, rates, models, features, labels
-- :mod:`course_lib.config`      profiles, sizes, seeding, device choice, folders (``setup``)
+- :mod:`course_lib.config`      profiles (a world and a size), seeding, device choice, folders (``setup``)
 
 **Vocabulary**: the data, models and numbers everything else talks about
 
 - :mod:`course_lib.world`       the course's procedural image world (offline datasets)
-- :mod:`course_lib.models`      the course's source model, real backbones (``load_backbone``), heads, stages, layer groups
+- :mod:`course_lib.pretrained_weights` ImageNet weights from torchvision's and timm's caches (real world)
+- :mod:`course_lib.models`      the course's source model, every backbone (``load_backbone``), heads, stages, layer groups
 - :mod:`course_lib.metrics`     accuracy, box and mask IoU, confidence intervals, linear CKA
 - :mod:`course_lib.history`     the per-epoch record of a training run (``History``)
 - :mod:`course_lib.figures`     figure plumbing shared by the plotting modules
@@ -22,7 +23,8 @@ never from one listed after it, and no two modules import each other, even indir
 
 **Building blocks**
 
-- :mod:`course_lib.data`        each lesson's target task in every profile; real torchvision datasets
+- :mod:`course_lib.real_datasets` torchvision datasets from the data folder, fingerprinted (real world)
+- :mod:`course_lib.data`        a lesson's data in every world: ImageNet preprocessing, balanced subsets, ``lesson_data``
 - :mod:`course_lib.feature_cache` extracted features on disk, keyed by weights, layer, data and transform
 - :mod:`course_lib.features`    batched feature extraction (cached)
 - :mod:`course_lib.callbacks`   hooks into fit: early stopping, tracking, scheduled changes
@@ -60,8 +62,8 @@ __version__ = "0.1.0"
 # The layers of the docstring, bottom first; tests/test_layers.py holds every module to them.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("core", "validation", "config")),
-    ("vocabulary", ("world", "models", "metrics", "history", "figures", "checks")),
-    ("building blocks", ("data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
+    ("vocabulary", ("world", "pretrained_weights", "models", "metrics", "history", "figures", "checks")),
+    ("building blocks", ("real_datasets", "data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
     ("the training loop", ("training",)),
     ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments")),
     ("commands", ("pretrain", "bench")),

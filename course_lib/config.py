@@ -35,6 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+__all__ = [
+    "PROFILE_NAMES", "PROFILES", "SIZES", "WORLDS", "allow_unverified", "choose_profile", "choose_size",
+    "CourseConfig", "default_cache_dir", "default_data_dir", "describe", "pick_device", "profile_name",
+    "seed_everything", "setup", "size_settings",
+]
+
 WORLDS = ("offline", "real")
 SIZES = ("smoke", "standard", "full")
 # Each profile is a (world, size) preset.

@@ -8,12 +8,14 @@ is easy to get subtly wrong:
 - :func:`model_device` says where a model lives (and refuses a silent move);
 - :func:`to_device` moves a batch (tensors in tuples, lists and dicts) to a device;
 - :func:`count_parameters` counts trainable and frozen parameters;
-- :func:`atomic_write` writes a file so that a crash never leaves half of it behind.
+- :func:`atomic_write` writes a file so that a crash never leaves half of it behind;
+- :func:`file_sha256` is a file's checksum, read in chunks (weights are checked before loading).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["atomic_write", "count_parameters", "eval_mode", "model_device", "to_device"]
+__all__ = ["atomic_write", "count_parameters", "eval_mode", "file_sha256", "model_device", "to_device"]
 
 
 class eval_mode:
@@ -123,3 +125,12 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks (used to check shipped and cached weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

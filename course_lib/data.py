@@ -20,6 +20,12 @@ from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 from course_lib.config import CourseConfig
 from course_lib.real_datasets import RealDataset, load_real_dataset
 
+__all__ = [
+    "FAR_DOMAIN", "FAR_REAL_DATASET", "IMAGENET_MEAN", "IMAGENET_STD", "dataset_targets",
+    "imagenet_transform", "lesson_data", "LessonData", "near_and_far_targets", "sample_per_class",
+    "subset_per_class", "ToRGB",
+]
+
 # The statistics the ImageNet-pretrained torchvision and timm backbones were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -10,14 +10,21 @@ A lesson switches between them by world, not by rewriting code: every backbone a
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from course_lib.core import file_sha256
+from course_lib.pretrained_weights import load_timm_backbone, load_torchvision_backbone, torchvision_weights
 from course_lib.validation import check_module
+
+__all__ = [
+    "COURSE_RESNET_RECIPE", "COURSE_RESNET_WEIGHTS", "WEIGHTS_DIR", "BasicBlock", "CourseResNet",
+    "get_head", "layer_groups", "load_backbone", "load_course_resnet", "remove_head", "replace_head",
+    "stage_names",
+]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 COURSE_RESNET_WEIGHTS = WEIGHTS_DIR / "course_resnet.safetensors"
@@ -170,15 +177,6 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
 # Loading
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks (used to check shipped and cached weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_course_resnet(weights_path: Path | str | None = None, *, pretrained: bool = True) -> CourseResNet:
     """The course's source model, with its shipped pretrained weights checked against the recipe.
 
@@ -222,8 +220,6 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
     ``pretrained=False`` returns the same architecture with random weights (19.1 compares them).
     The model is returned in ``eval()`` mode on the CPU.
     """
-    # Imported here: pretrained_weights uses file_sha256 from this module.
-    from course_lib.pretrained_weights import load_timm_backbone, load_torchvision_backbone, torchvision_weights
 
     if name == "course-resnet":
         model = load_course_resnet(pretrained=pretrained)

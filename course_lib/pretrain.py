@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from course_lib.config import seed_everything
-from course_lib.models import CourseResNet, file_sha256
+from course_lib.core import file_sha256
+from course_lib.models import CourseResNet
 from course_lib.training import evaluate, fit
 from course_lib.world import DOMAINS, SOURCE_CLASSES, ShapeWorld, normalize
 

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from course_lib.config import allow_unverified
-from course_lib.models import file_sha256
+from course_lib.core import file_sha256
+
+__all__ = ["load_timm_backbone", "load_torchvision_backbone", "timm_checkpoint_path", "torchvision_checkpoint_path", "torchvision_weights"]
 
 
 def torchvision_weights(name: str):

@@ -26,6 +26,8 @@ from torch.utils.data import Dataset
 
 from course_lib.config import allow_unverified, default_data_dir
 
+__all__ = ["REAL_DATASETS", "files_fingerprint", "load_real_dataset", "RealDataset"]
+
 REAL_DATASETS = ("mnist", "usps", "svhn", "cifar10", "cifar100", "omniglot")
 
 # torchvision's class for each dataset (in torchvision.datasets).

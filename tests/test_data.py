@@ -25,7 +25,7 @@ from course_lib.data import (
     sample_per_class,
     subset_per_class,
 )
-from course_lib.features import FeatureCache, data_fingerprint
+from course_lib.feature_cache import FeatureCache, data_fingerprint
 from course_lib.real_datasets import RealDataset, load_real_dataset
 from course_lib.world import TARGET_CLASSES, WORLD_MEAN, WORLD_STD
 

@@ -4,10 +4,12 @@ import json
 
 import pytest
 import torch
-from standins import write_resnet18_checkpoint
 from torch import nn
 
 from course_lib import models
+from course_lib.core import file_sha256
+
+from standins import write_resnet18_checkpoint
 
 
 def test_course_resnet_shapes_and_stages():
@@ -55,7 +57,7 @@ def test_torchvision_and_timm_names_share_the_vocabulary():
 
 def test_shipped_course_weights_load_and_match_recipe():
     recipe = json.loads(models.COURSE_RESNET_RECIPE.read_text())
-    assert models.file_sha256(models.COURSE_RESNET_WEIGHTS) == recipe["sha256"]
+    assert file_sha256(models.COURSE_RESNET_WEIGHTS) == recipe["sha256"]
     assert recipe["held_out_accuracy"]["studio"] >= 0.95
     model = models.load_backbone("course-resnet")
     assert not model.training

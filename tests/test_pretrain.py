@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from course_lib import models, pretrain
+from course_lib.core import file_sha256
 
 TINY = ["--epochs", "2", "--train-per-class", "8", "--test-per-class", "2", "--batch-size", "32"]
 
@@ -20,7 +21,7 @@ def test_pretrain_writes_loadable_weights_and_recipe(tmp_path, capsys):
     assert pretrain.main(["--out", str(out), *TINY]) == 0
     recipe = json.loads((out / "course_resnet.json").read_text())
     weights = out / "course_resnet.safetensors"
-    assert recipe["sha256"] == models.file_sha256(weights)
+    assert recipe["sha256"] == file_sha256(weights)
     assert recipe["settings"]["epochs"] == 2 and recipe["settings"]["train_per_class"] == 8
     assert set(recipe["held_out_accuracy"]) == {"studio", "phone", "sketch", "night", "texture"}
     assert all(0.0 <= a <= 1.0 for a in recipe["held_out_accuracy"].values())

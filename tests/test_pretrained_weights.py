@@ -91,5 +91,5 @@ def test_torchvision_weights_names_valid_models():
 
 def test_the_loaders_live_in_one_module_only():
     for name in ("load_torchvision_backbone", "load_timm_backbone", "torchvision_checkpoint_path", "timm_checkpoint_path"):
-        assert hasattr(pretrained_weights, name) and not hasattr(models, name)
+        assert name in pretrained_weights.__all__ and name not in models.__all__
     assert load_timm_backbone.__module__ == "course_lib.pretrained_weights"

@@ -13,7 +13,8 @@ from torch.utils.data import Subset
 
 from course_lib import real_datasets
 from course_lib.data import dataset_targets, imagenet_transform, subset_per_class
-from course_lib.features import FeatureCache, data_fingerprint, extract_features
+from course_lib.feature_cache import FeatureCache, data_fingerprint
+from course_lib.features import extract_features
 from course_lib.real_datasets import REAL_DATASETS, RealDataset, files_fingerprint, load_real_dataset
 
 

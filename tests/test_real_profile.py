@@ -27,7 +27,8 @@ from standins import link_shared_mnist_usps, write_cifar10, write_resnet18_check
 
 from course_lib import config
 from course_lib.data import dataset_targets, lesson_data
-from course_lib.features import FeatureCache, extract_features, weights_fingerprint
+from course_lib.feature_cache import FeatureCache, weights_fingerprint
+from course_lib.features import extract_features
 from course_lib.models import load_backbone
 from course_lib.real_datasets import load_real_dataset
 
