@@ -5,14 +5,18 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# JUnit reports of the test runs, read by tools/summarise_tests.py for the closing line.
+REPORTS := _build/test-reports
 # Notebooks and the book are executed offline: never wait on the Hugging Face hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv test book bench lab pretrain clean lessons check-lessons grade
+.PHONY: help venv test test-fast chromium book bench lab pretrain clean lessons check-lessons grade
 
 help:
 	@echo "make book      set up, execute every lesson, build the book to _build/html"
-	@echo "make test      the whole test suite"
+	@echo "make test      the whole test suite (about 10 minutes on 2 cores); ends with what was skipped and why"
+	@echo "make test-fast the tests that take seconds (no notebooks, grading or book): the edit-test loop"
+	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
 	@echo "make lab       JupyterLab on the student lessons"
 	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
@@ -30,10 +34,28 @@ $(STAMP): requirements/constraints.txt pyproject.toml tools/install_torchvision_
 	$(BIN)/python tools/install_torchvision_fix.py
 	touch $(STAMP)
 
-test: venv
-	$(BIN)/python -m pytest -n 2 --dist loadfile tests
-	# Instructor notebooks, hidden tests included, must run clean (one notebook per process).
-	COURSE_PROFILE=smoke $(BIN)/python -m pytest -p no:xdist --nbval-lax solutions
+# The tests, then the instructor notebooks with their hidden tests (nbval, one notebook at a time).
+# Both runs always run; the last line sums them up, skips and their reasons included, and the
+# target fails if either run failed.
+test: venv chromium
+	@rm -rf $(REPORTS)
+	@status=0; \
+	$(BIN)/python -m pytest -n 2 --dist loadfile --junitxml=$(REPORTS)/tests.xml tests || status=$$?; \
+	COURSE_PROFILE=smoke $(BIN)/python -m pytest -p no:xdist --nbval-lax --junitxml=$(REPORTS)/notebooks.xml solutions || status=$$?; \
+	$(BIN)/python tools/summarise_tests.py $(REPORTS)/tests.xml $(REPORTS)/notebooks.xml; \
+	exit $$status
+
+# Everything not marked slow (see tests/conftest.py): no notebook runs, no grading, no book.
+test-fast: venv
+	@rm -f $(REPORTS)/fast.xml
+	@status=0; \
+	$(BIN)/python -m pytest -n 2 -m "not slow" --junitxml=$(REPORTS)/fast.xml tests || status=$$?; \
+	$(BIN)/python tools/summarise_tests.py --title "make test-fast" $(REPORTS)/fast.xml; \
+	exit $$status
+
+# The book's browser checks need Chromium: found, installed (root with apt-get), or explained.
+chromium:
+	@tools/ensure_chromium.sh
 
 book: venv
 	$(BIN)/python tools/book_notebooks.py

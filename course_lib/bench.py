@@ -1,43 +1,47 @@
 """Benchmarks that print the course's headline figures (``make bench``).
 
-1. how fast the world draws images (one CPU thread);
-2. the shipped source model's held-out accuracy, per domain;
-3. how fast features are extracted from the backbone;
-4. the per-epoch speed-up of training a linear head on cached features over running the frozen
-   backbone in every epoch (the reason chapter 19.2 caches features);
-5. chapter 19.1's headline: linear-probe accuracy on the target classes from each stage,
-   pretrained weights against random ones;
-6. chapter 19.2's headline: with few labelled images per class, frozen features and a linear
-   head (or k-NN) against the same architecture trained from scratch, over several draws;
-7. chapter 19.3's headline: fine-tuning strategies on a near and a far target at three data
-   sizes, and where the size rule of thumb picked the best one.
+Library-level figures, measured here:
 
-Nothing here is a pass/fail test: targets are printed next to the measured figures.
+1. how fast the world draws images (one CPU thread), per domain;
+2. the shipped source model's held-out accuracy, per domain;
+3. how fast features are extracted from the backbone, and the per-epoch cost of training a linear
+   head on cached features, on the frozen backbone run in every epoch, and of full training (the
+   reason chapter 19.2 caches features).
+
+Chapter headlines, measured by the chapters themselves: every instructor notebook
+``solutions/<chapter>/*.ipynb`` is executed (the ``standard`` profile; ``smoke`` with ``--quick``)
+and the lines it prints that start with ``HEADLINE [`` are shown with the time it took. Each
+experiment is defined once, in its notebook; the bench only runs it.
+
+Nothing here is a pass/fail test: targets are printed next to the measured figures. The command
+exits with 1 only when a chapter notebook fails or prints no ``HEADLINE`` line.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
-from course_lib.data import FAR_DOMAIN, dataset_targets
-from course_lib.experiments import compare_with_rule, data_efficiency_curve, fine_tune_copy, scratch_accuracy
 from course_lib.feature_cache import FeatureCache
 from course_lib.features import extract_features, feature_loader
 from course_lib.freezing import FrozenBackbone
-from course_lib.heads import knn_accuracy
 from course_lib.models import load_backbone, replace_head
-from course_lib.probes import linear_probe_accuracy, transferability_curve
 from course_lib.training import evaluate
 from course_lib.world import DOMAINS, TARGET_CLASSES, ShapeWorld, world_generation_speed
+
+# The instructor notebooks, when the course is used from a clone (course_lib is installed editable).
+SOLUTIONS_DIR = Path(__file__).resolve().parents[1] / "solutions"
+HEADLINE_PREFIX = "HEADLINE ["
 
 
 def bench_world(n: int) -> dict[str, float]:
@@ -99,94 +103,91 @@ def bench_features(train_per_class: int) -> dict[str, float]:
     }
 
 
-def bench_transferability(train_per_class: int, test_per_class: int, seeds: int) -> dict[str, tuple[float, float, float]]:
-    """Chapter 19.1's curve: per stage, (pretrained accuracy, mean and std over random inits)."""
-    train = ShapeWorld("target", n_per_class=train_per_class, seed=0, progress=False)
-    test = ShapeWorld("target", n_per_class=test_per_class, seed=1, progress=False)
-    pretrained = transferability_curve(load_backbone("course-resnet"), train, test)
-    random_curves = []
-    for seed in range(seeds):
-        torch.manual_seed(seed)
-        random_curves.append(transferability_curve(load_backbone("course-resnet", pretrained=False), train, test))
-    curve = {}
-    for stage, accuracy in pretrained.items():
-        random_accuracy = torch.tensor([c[stage] for c in random_curves])
-        spread = random_accuracy.std().item() if seeds > 1 else 0.0
-        curve[stage] = (accuracy, random_accuracy.mean().item(), spread)
-    return curve
+@dataclasses.dataclass(frozen=True)
+class NotebookRun:
+    """One chapter notebook executed by the bench: its ``HEADLINE`` lines, how long it took, and
+    the error that stopped it (``None`` when it ran to the end)."""
+
+    path: Path
+    seconds: float
+    headlines: list[str]
+    error: str | None = None
 
 
-def bench_data_efficiency(train_per_class: int, test_per_class: int, shots: list[int], seeds: int) -> dict[str, np.ndarray]:
-    """Chapter 19.2's curve: test accuracy ``{method: (len(shots), seeds)}`` on the 10 target classes
-    for training from scratch, frozen features + linear head, and frozen features + k-NN."""
-    train = ShapeWorld("target", n_per_class=train_per_class, seed=0, progress=False)
-    test = ShapeWorld("target", n_per_class=test_per_class, seed=1, progress=False)
-    extractor = FrozenBackbone(load_backbone("course-resnet"))
-    train_features, train_labels = extract_features(extractor, train, progress=False)
-    test_features, test_labels = extract_features(extractor, test, progress=False)
-    num_classes = len(TARGET_CLASSES)
-
-    def from_scratch(indices: torch.Tensor, seed: int) -> float:
-        def new_model() -> nn.Module:
-            return replace_head(load_backbone("course-resnet", pretrained=False), num_classes)
-        return scratch_accuracy(new_model, Subset(train, indices.tolist()), test, seed=seed)
-
-    def frozen_linear(indices: torch.Tensor, seed: int) -> float:
-        return linear_probe_accuracy(train_features[indices], train_labels[indices], test_features, test_labels, seed=seed)
-
-    def frozen_knn(indices: torch.Tensor, seed: int) -> float:
-        k = min(5, len(indices) // num_classes)
-        return knn_accuracy(train_features[indices], train_labels[indices], test_features, test_labels, k=k)
-
-    methods = {"from scratch": from_scratch, "frozen + linear head": frozen_linear, "frozen + k-NN": frozen_knn}
-    return data_efficiency_curve(methods, train_labels, shots, seeds=seeds, progress=False)
+def chapter_notebooks(solutions_dir: Path = SOLUTIONS_DIR) -> list[Path]:
+    """The instructor notebooks ``solutions_dir/<chapter>/*.ipynb``, in chapter order."""
+    notebooks = sorted(Path(solutions_dir).glob("*/*.ipynb"))
+    if not notebooks:
+        raise FileNotFoundError(
+            f"No chapter notebooks in {solutions_dir}/<chapter>/: run the bench from a clone of the course "
+            f"(`make bench`), or pass --solutions with the folder that holds them."
+        )
+    return notebooks
 
 
-# Chapter 19.3's strategies (a subset of the notebook's seven), set up as in the notebook.
-FINE_TUNING_STRATEGIES = {
-    "linear probe": dict(strategy="linear probe", lr=1e-3),
-    "full, 10x lower lr": dict(strategy="full", lr=1e-3),
-    "partial (last stage)": dict(strategy="partial", lr=1e-3, k=1),
-    "LP-FT": dict(strategy="LP-FT", lr=1e-3),
-}
-RULE_PICKS = {"linear probe": "linear probe", "partial": "partial (last stage)", "full": "full, 10x lower lr"}
+def headline_lines(notebook: dict) -> list[str]:
+    """The lines starting with ``HEADLINE [`` that an executed notebook printed (its stream outputs),
+    each once: a notebook may repeat its headline in its summary."""
+    lines: list[str] = []
+    for cell in notebook.get("cells", []):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream":
+                text = output.get("text", "")
+                text = "".join(text) if isinstance(text, list) else text
+                lines += [line.strip() for line in text.splitlines()
+                          if line.strip().startswith(HEADLINE_PREFIX) and line.strip() not in lines]
+    return lines
 
 
-def bench_fine_tuning(sizes: list[int], test_per_class: int, seeds: int, epochs: int,
-                      batches_per_epoch: int) -> dict[str, dict[str, np.ndarray]]:
-    """Chapter 19.3's grid: test accuracy ``{target: {strategy: (len(sizes), seeds)}}`` on the 10 target
-    classes in the studio domain (near) and in the night domain (far), each run on the same budget."""
-    pretrained = load_backbone("course-resnet")
-    grid = {}
-    for target, domain in (("near", "studio"), ("far", FAR_DOMAIN)):
-        train = ShapeWorld("target", domain=domain, n_per_class=max(sizes), seed=0, progress=False)
-        test_loader = DataLoader(ShapeWorld("target", domain=domain, n_per_class=test_per_class, seed=1, progress=False),
-                                 batch_size=256)
+def run_notebook(path: Path, profile: str, cell_timeout_s: int = 3600) -> NotebookRun:
+    """Execute the notebook at ``path`` top to bottom in a fresh kernel with ``COURSE_PROFILE=profile``,
+    in the notebook's own folder, and return what it printed as headline and how long it took."""
+    try:  # nbclient comes with the course's Jupyter stack (the `course` extra), not with the library
+        import nbformat
+        from nbclient import NotebookClient
+        from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+    except ImportError as error:
+        raise ImportError("The bench runs the chapter notebooks with nbclient: install the course's "
+                          "Jupyter stack with `make venv` (pip's `.[course]` extra).") from error
+    notebook = nbformat.read(path, as_version=4)
+    # log_level=ERROR: the kernel's warning about local TCP without encryption would fill the figures.
+    client = NotebookClient(notebook, timeout=cell_timeout_s, extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                            resources={"metadata": {"path": str(Path(path).parent)}})
+    error = None
+    started = time.perf_counter()
+    try:
+        # The kernel inherits this environment (PYTHONPATH, COURSE_CACHE_DIR, ...) with the profile set.
+        client.execute(env=dict(os.environ, COURSE_PROFILE=profile))
+    except CellExecutionError as failure:
+        error = f"{failure.ename}: {failure.evalue}"
+    except (CellTimeoutError, DeadKernelError) as failure:
+        error = f"{type(failure).__name__}: {failure}"
+    return NotebookRun(Path(path), time.perf_counter() - started, headline_lines(notebook), error)
 
-        def method(settings: dict, train=train, test_loader=test_loader):
-            def run(indices: torch.Tensor, seed: int) -> float:
-                model, _ = fine_tune_copy(pretrained, train, indices, num_classes=len(TARGET_CLASSES), seed=seed,
-                                          epochs=epochs, batches_per_epoch=batches_per_epoch, head_lr=1e-2, **settings)
-                return evaluate(model, test_loader)["accuracy"]
-            return run
 
-        methods = {name: method(settings) for name, settings in FINE_TUNING_STRATEGIES.items()}
-        grid[target] = data_efficiency_curve(methods, dataset_targets(train), sizes, seeds=seeds, progress=False)
-    return grid
+def print_chapter_headlines(notebooks: list[Path], profile: str) -> bool:
+    """Run every chapter notebook in ``profile`` and print its time and ``HEADLINE`` lines; return
+    True when every notebook ran to the end and printed at least one."""
+    print(f"chapter notebooks, executed in the {profile} profile (each experiment is defined in its notebook):")
+    all_good = True
+    for path in notebooks:
+        run = run_notebook(path, profile)
+        name = f"{path.parent.name}/{path.name}"
+        if run.error is not None:
+            print(f"  {name}: FAILED after {run.seconds:.0f} s: {run.error}")
+        else:
+            print(f"  {name}: {run.seconds:.0f} s")
+        for line in run.headlines:
+            print(f"    {line}")
+        if run.error is None and not run.headlines:
+            print(f"    (no line starting with {HEADLINE_PREFIX!r}: every chapter notebook prints its headline)")
+        all_good = all_good and run.error is None and bool(run.headlines)
+    return all_good
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run every benchmark and print its figures (``python -m course_lib.bench``)."""
-    parser = argparse.ArgumentParser(description="Print the course's benchmark figures.")
-    parser.add_argument("--quick", action="store_true", help="small sizes (seconds, for tests)")
-    args = parser.parse_args(argv)
-    world_n, test_per_class, train_per_class = (200, 5, 10) if args.quick else (4000, 100, 200)
-    probe_train, probe_test, probe_seeds = (4, 4, 1) if args.quick else (50, 30, 3)
-    shots, efficiency_seeds = ([1, 2], 1) if args.quick else ([1, 2, 5, 10], 3)
-    # (sizes per class, test images per class, seeds, epochs, batches per epoch): the notebook's standard profile
-    fine_tuning = ([1, 2], 2, 1, 2, 1) if args.quick else ([5, 25, 100], 25, 2, 5, 6)
-
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+def print_library_figures(quick: bool) -> None:
+    """Print the library-level figures: world speed, source-model accuracy, feature and epoch cost."""
+    world_n, test_per_class, train_per_class = (200, 5, 10) if quick else (4000, 100, 200)
     print("world generation, 64x64, one thread, images/s (target >= 2,000):")
     for domain, speed in bench_world(world_n).items():
         print(f"  {domain:8s} {speed:7,.0f}")
@@ -201,43 +202,21 @@ def main(argv: list[str] | None = None) -> int:
         f"(c) full training {figures['full_epoch_s'] * 1000:.0f} ms: the cache is {figures['speedup']:.0f}x faster "
         f"than (b) and {figures['full_epoch_s'] / figures['cached_epoch_s']:.0f}x faster than (c)"
     )
-    print(
-        f"chapter 19.1, linear probe on the 10 target classes ({probe_train} train / {probe_test} test "
-        f"images per class), pretrained vs {probe_seeds} random init(s):"
-    )
-    curve = bench_transferability(probe_train, probe_test, probe_seeds)
-    for stage, (pretrained, random_mean, random_std) in curve.items():
-        print(f"  {stage:8s} pretrained {pretrained:7.1%}   random {random_mean:6.1%} ± {random_std:.1%}")
-    gaps = {stage: pretrained - random_mean for stage, (pretrained, random_mean, _) in curve.items()}
-    print(f"  smallest gap {min(gaps.values()) * 100:+.1f} points; biggest at {max(gaps, key=gaps.get)}")
-    efficiency_train, efficiency_test = (max(shots), 4) if args.quick else (100, 50)
-    print(
-        f"chapter 19.2, data efficiency on the 10 target classes ({efficiency_test} test images per class, "
-        f"{efficiency_seeds} draw(s) per size; target: frozen beats scratch by >= 20 points at <= 10 per class):"
-    )
-    curve = bench_data_efficiency(efficiency_train, efficiency_test, shots, efficiency_seeds)
-    for row, n in enumerate(shots):
-        cells = "   ".join(f"{name} {acc[row].mean():6.1%} ± {acc[row].std():4.1%}" for name, acc in curve.items())
-        print(f"  {n:3d} per class   {cells}")
-    gap = curve["frozen + linear head"].mean(axis=1) - curve["from scratch"].mean(axis=1)
-    print(f"  frozen + linear head beats scratch by at least {gap.min() * 100:+.1f} points (at {shots[int(gap.argmin())]} per class)")
-    sizes, ft_test, ft_seeds, ft_epochs, ft_batches = fine_tuning
-    print(
-        f"chapter 19.3, fine-tuning strategies on the 10 target classes ({ft_test} test images per class, {ft_seeds} "
-        f"draw(s), {ft_epochs} epochs of {ft_batches} batches of 32 per run), near = studio, far = {FAR_DOMAIN}:"
-    )
-    grid = bench_fine_tuning(sizes, ft_test, ft_seeds, ft_epochs, ft_batches)
-    num_classes = len(TARGET_CLASSES)
-    print(f"  {'':22s}" + "".join(f"{t + ' ' + str(n * num_classes):>16s}" for t in grid for n in sizes))
-    for name in FINE_TUNING_STRATEGIES:
-        print(f"  {name:22s}" + "".join(f"{grid[t][name][row].mean():10.1%} ±{grid[t][name][row].std():4.1%}"
-                                        for t in grid for row in range(len(sizes))))
-    rows = [(t, r) for t in grid for r in compare_with_rule(grid[t], sizes, num_classes, RULE_PICKS)]
-    held = sum(r["held"] for _, r in rows)
-    target, worst = max(rows, key=lambda item: item[1]["gap"])
-    print(f"  the size rule's pick was within 2 points of the best of these strategies in {held} of {len(rows)} cells; "
-          f"largest miss {100 * worst['gap']:.1f} points ({target}, {worst['images']} images: {worst['pick']} vs {worst['best']})")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every benchmark and print its figures (``python -m course_lib.bench``); 1 if a chapter failed."""
+    parser = argparse.ArgumentParser(description="Print the course's benchmark figures.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, and the chapter notebooks in the smoke profile (a minute or two, for tests)")
+    parser.add_argument("--solutions", type=Path, default=SOLUTIONS_DIR,
+                        help=f"the folder of chapter notebooks, <chapter>/*.ipynb (default: {SOLUTIONS_DIR})")
+    args = parser.parse_args(argv)
+    notebooks = chapter_notebooks(args.solutions)  # before the library figures: a wrong folder fails at once
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print_library_figures(args.quick)
+    return 0 if print_chapter_headlines(notebooks, "smoke" if args.quick else "standard") else 1
 
 
 if __name__ == "__main__":

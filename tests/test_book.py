@@ -236,7 +236,7 @@ def built_page(book: Path, page: str) -> Path:
     return book / "_build" / "html" / f"{page}.html"
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_build_succeeds_with_every_chapter_page(built_book):
     for page in chapter_pages():
         assert built_page(built_book, page).is_file(), f"chapter page {page} was not built"
@@ -284,7 +284,7 @@ def _hidden_test_lines(solutions: Path) -> set[str]:
     return secret
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_no_hidden_tests_or_markers_in_the_built_book(built_book):
     html_dir = built_book / "_build" / "html"
     secret = _hidden_test_lines(built_book / "solutions")
@@ -307,9 +307,9 @@ def _chromium() -> str:
             return shutil.which(name)
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         pytest.fail("CI is set but no Chromium was found: install it with "
-                    "`apt-get install -y --no-install-recommends chromium` (see .ci/run).")
-    pytest.skip("Chromium is not installed, so the built pages are not checked in a browser "
-                "(Debian/Ubuntu: `apt-get install --no-install-recommends chromium`).")
+                    "`tools/ensure_chromium.sh --required` (see .ci/run).")
+    pytest.skip("Chromium is not installed, so the built book pages are not checked in a browser "
+                "(`make chromium` installs Debian's package as root, or says what to do)")
 
 
 def _run_chromium(browser: str, profile_dir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -328,18 +328,18 @@ def chapter_doms(built_book, tmp_path_factory) -> dict[str, str]:
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     doms = {}
     for page in chapter_pages():
-        url = built_page(built_book, page).as_uri()
-        dump = _run_chromium(browser, profile_dir, "--dump-dom", url)
-        assert dump.returncode == 0, f"Chromium failed on {page}: {dump.stderr[-2000:]}"
-        doms[page] = dump.stdout
         screenshot = SCREENSHOT_DIR / (page.replace("/", "__") + ".png")
-        shot = _run_chromium(browser, profile_dir, "--hide-scrollbars", "--window-size=1280,6000",
-                             f"--screenshot={screenshot}", url)
-        assert shot.returncode == 0 and screenshot.is_file(), f"no screenshot of {page}: {shot.stderr[-2000:]}"
+        screenshot.unlink(missing_ok=True)
+        # One browser start per page does both: the DOM on stdout and the screenshot.
+        run = _run_chromium(browser, profile_dir, "--hide-scrollbars", "--window-size=1280,6000",
+                            f"--screenshot={screenshot}", "--dump-dom", built_page(built_book, page).as_uri())
+        assert run.returncode == 0, f"Chromium failed on {page}: {run.stderr[-2000:]}"
+        assert screenshot.is_file(), f"no screenshot of {page}: {run.stderr[-2000:]}"
+        doms[page] = run.stdout
     return doms
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_chapter_pages_load_in_a_browser(chapter_doms):
     for page, dom in chapter_doms.items():
         assert "<article" in dom and re.search(r"<h1[^>]*>", dom), f"{page} did not render an article with a title"
@@ -347,7 +347,7 @@ def test_chapter_pages_load_in_a_browser(chapter_doms):
             assert problem not in dom, f"{page} shows {problem!r}"
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_chapter_figures_are_present(built_book, chapter_doms):
     for page, dom in chapter_doms.items():
         page_dir = built_page(built_book, page).parent
@@ -362,7 +362,7 @@ def test_chapter_figures_are_present(built_book, chapter_doms):
         assert figures > 0, f"chapter {chapter} has no figure at all in the book; did its plots fail to render?"
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 def test_math_is_typeset_offline(built_book, chapter_doms):
     total = 0
     for page, dom in chapter_doms.items():

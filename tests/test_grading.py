@@ -6,8 +6,14 @@ solutions/. Simulated submissions go to submitted/<student>/<assignment>/ and on
 expected score per exercise is derived from the notebook's own nbgrader metadata:
 an exercise is a solution cell plus the test cells after it, worth those test cells' points.
 
+Autograding is the slow part (one kernel per submission), so each simulated student checks as
+much as it can without blurring what a wrong score would mean: there is no separate "reference"
+student, because every exercise's right answer is in the submissions of the students who got
+another exercise wrong, and they must score its full points.
+
 What nbgrader 0.9.6 does (found by running it, asserted below):
-- an edited test cell is restored from the gradebook before grading: it cannot be cheated;
+- an edited test cell is restored from the gradebook before grading: it cannot be cheated (a wrong
+  answer whose test cell was edited to pass still scores 0);
 - a deleted test cell is added back (`c.OverwriteCells.add_missing_cells = True` in the config)
   and graded, so deleting a test neither removes its points nor gives them away;
 - a cell that runs past `c.Execute.timeout` is interrupted; it and its tests score 0, the rest
@@ -26,7 +32,6 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
 import nbformat
@@ -41,11 +46,8 @@ CHAPTER = "19_1_representations"
 # Small, so that the infinite-loop student costs little, but well above the slowest cell of
 # chapter 19.1 in `smoke` (about 17 s on a busy 2-core machine).
 CELL_TIMEOUT_S = 40
-# "Well under a minute" is the goal (measured 30-56 s on a 2-core machine shared with other jobs);
-# the limit leaves room for a busy CI machine and catches a notebook that became far slower.
-SECONDS_PER_SUBMISSION_LIMIT = 90
-
-pytestmark = pytest.mark.slow
+# The first exercise's wrong answer with its tests edited, and the second's test deleted (see `course`).
+TAMPERED = "wrong-first-answer-tests-edited-and-deleted"
 
 
 def _nbgrader(cell) -> dict:
@@ -127,20 +129,30 @@ def course(tmp_path_factory):
         return notebook
 
     students: dict[str, tuple] = {}  # student -> (notebook, expected points per exercise)
-    students["reference"] = (with_solutions(), full)
     students["untouched"] = (copy.deepcopy(student_nb), {ex: 0.0 for ex in ids})
     for ex in ids:
         assert wrong_answers.get(ex), f"wrong_answers.json has no wrong answer for exercise {ex!r}"
+    # The first exercise's wrong answer comes with its test cells edited to pass, and the second
+    # exercise's (right) answer with its first test cell deleted: nbgrader must restore the edited
+    # tests, so the wrong answer still scores 0, and add the deleted one back, so the right answer
+    # keeps its points.
+    tampered = with_solutions(**{ids[0]: wrong_answers[ids[0]][0]})
+    for test in exercises[ids[0]]["tests"]:
+        tampered.cells[_cell_index(tampered, test)].source = 'print("all tests passed")'
+    del tampered.cells[_cell_index(tampered, exercises[ids[1]]["tests"][0])]
+    students[TAMPERED] = (tampered, {**full, ids[0]: 0.0})
+    for ex in ids[1:]:
         students[f"wrong-{ex}"] = (with_solutions(**{ex: wrong_answers[ex][0]}), {**full, ex: 0.0})
-    # Two failures in one notebook: the rest of it must still be graded.
+    # Two failures in one notebook: the rest of it must still be graded. The endless loop sleeps
+    # rather than spins: what is tested is the timeout, and spinning would take a core from the
+    # other test worker for CELL_TIMEOUT_S seconds.
+    endless = "import time\nwhile True:\n    time.sleep(0.1)"
     students["raises-and-loops"] = (
-        with_solutions(**{ids[0]: 'raise RuntimeError("a bug in my code")', ids[1]: "while True:\n    pass"}),
+        with_solutions(**{ids[0]: 'raise RuntimeError("a bug in my code")', ids[1]: endless}),
         {**full, ids[0]: 0.0, ids[1]: 0.0},
     )
-    tampered = with_solutions()  # tests edited and deleted: nbgrader restores both
-    tampered.cells[_cell_index(tampered, exercises[ids[0]]["tests"][0])].source = 'print("all tests passed")'
-    del tampered.cells[_cell_index(tampered, exercises[ids[1]]["tests"][0])]
-    students["tampered-tests"] = (tampered, full)
+    unproven = [ex for ex in ids if not any(expected[ex] == full[ex] for _, expected in students.values())]
+    assert not unproven, f"no simulated student has the right answer to {unproven}: add one"
     # Early in the notebook, so that the crash costs little time.
     students["kernel-crash"] = (with_solutions(**{ids[0]: "import os\nos._exit(1)"}), {ex: 0.0 for ex in ids})
 
@@ -154,21 +166,20 @@ def course(tmp_path_factory):
     os.environ.update(env)
     os.environ.pop("COURSE_PROFILE", None)  # the smoke profile must be chosen by nbgrader's presence alone
     try:
-        started = time.perf_counter()
         result = nbgrader_course.grade(root, CHAPTER)
-        seconds = time.perf_counter() - started
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    print(f"\ngraded {len(students)} submissions of {CHAPTER} in {seconds:.0f} s "
-          f"({seconds / len(students):.1f} s per submission, autograde + feedback + export)")
+    # The cost of grading is a figure to read, not a test (the same line `make grade` prints).
+    print(f"\ngraded {result.submissions} submissions of {CHAPTER} in {result.seconds:.0f} s "
+          f"({result.seconds_per_submission:.1f} s each, autograde + feedback + export)")
     visible = {line.strip() for cell in student_nb.cells for line in cell.source.splitlines()}
     hidden = [line for cell in source.cells for line in _hidden_lines(cell.source) if line not in visible]
     return dict(root=root, name=name, source=source, exercises=exercises, students=students,
-                result=result, seconds=seconds, hidden=hidden)
+                result=result, hidden=hidden)
 
 
 def _scores(course, student: str) -> dict[str, float]:
@@ -178,15 +189,26 @@ def _scores(course, student: str) -> dict[str, float]:
     return {ex: sum(by_test[test] for test in info["tests"]) for ex, info in course["exercises"].items()}
 
 
-STUDENTS = ["reference", "untouched", "raises-and-loops", "tampered-tests", "kernel-crash"]
+STUDENTS = ["untouched", "raises-and-loops", "kernel-crash"]
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("student", STUDENTS)
 def test_student_gets_expected_score(course, student):
     _, expected = course["students"][student]
     assert _scores(course, student) == expected
 
 
+@pytest.mark.notebook
+def test_edited_tests_are_restored_and_deleted_tests_added_back(course):
+    first, second, *_ = course["exercises"]
+    scores = _scores(course, TAMPERED)
+    assert scores[first] == 0, "the edited test cell was not restored: a wrong answer scored points"
+    assert scores[second] == course["exercises"][second]["points"], "the deleted test cell was not added back and graded"
+    assert scores == course["students"][TAMPERED][1]
+
+
+@pytest.mark.notebook
 def test_each_wrong_answer_loses_exactly_its_exercise(course):
     wrong = [s for s in course["students"] if s.startswith("wrong-")]
     assert len(wrong) == len(course["exercises"]) >= 3
@@ -194,25 +216,23 @@ def test_each_wrong_answer_loses_exactly_its_exercise(course):
         assert _scores(course, student) == course["students"][student][1], student
 
 
+@pytest.mark.notebook
 def test_kernel_crash_is_reported_and_flagged_for_manual_grading(course):
     assert course["result"].failed_students == ["kernel-crash"]
     with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
         crashed = gradebook.find_submission(CHAPTER, "kernel-crash")
         assert crashed.score == 0 and crashed.needs_manual_grade
-        assert not gradebook.find_submission(CHAPTER, "reference").needs_manual_grade
+        assert not gradebook.find_submission(CHAPTER, "untouched").needs_manual_grade
 
 
+@pytest.mark.notebook
 def test_autograding_runs_in_the_smoke_profile(course):
-    autograded = course["root"] / "autograded" / "reference" / CHAPTER / course["name"]
+    autograded = course["root"] / "autograded" / "untouched" / CHAPTER / course["name"]
     outputs = json.dumps(nbformat.read(autograded, as_version=4).cells[1].get("outputs", []))
     assert "profile   smoke (running under nbgrader" in outputs
 
 
-def test_grading_is_fast_enough(course):
-    per_submission = course["seconds"] / len(course["students"])
-    assert per_submission < SECONDS_PER_SUBMISSION_LIMIT, f"{per_submission:.0f} s per submission"
-
-
+@pytest.mark.notebook
 def test_feedback_and_lessons_do_not_show_hidden_tests(course):
     hidden = course["hidden"]
     assert len(hidden) >= 3, "the chapter should have hidden tests"
@@ -223,10 +243,11 @@ def test_feedback_and_lessons_do_not_show_hidden_tests(course):
     assert _leaked(hidden, feedback + lessons) == []
 
 
+@pytest.mark.notebook
 def test_hidden_test_check_would_catch_nbgrader_default_feedback(course):
     # Proof that the check above can fail: nbgrader's default feedback shows the hidden tests.
     nbgrader_course.run_nbgrader(
-        course["root"], "generate_feedback", CHAPTER, "--force", "--student=wrong-" + next(iter(course["exercises"])),
+        course["root"], "generate_feedback", CHAPTER, "--force", f"--student=wrong-{list(course['exercises'])[1]}",
         "--CourseDirectory.feedback_directory=feedback_default",
         "--GenerateFeedback.preprocessors=nbgrader.preprocessors.GetGrades",
         "--GenerateFeedback.preprocessors=nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
@@ -234,6 +255,7 @@ def test_hidden_test_check_would_catch_nbgrader_default_feedback(course):
     assert _leaked(course["hidden"], sorted((course["root"] / "feedback_default").rglob("*.html")))
 
 
+@pytest.mark.notebook
 def test_csv_has_one_row_per_student_with_their_score(course):
     with open(course["result"].csv_path, newline="", encoding="utf-8") as handle:
         rows = {row["student_id"]: row for row in csv.DictReader(handle) if row["assignment"] == CHAPTER}

@@ -30,6 +30,7 @@ def test_every_chapter_has_a_lesson():
     assert [path.relative_to(ROOT / "lessons") for path in LESSONS] == solutions
 
 
+@pytest.mark.notebook
 @pytest.mark.parametrize("path", LESSONS, ids=[path.parent.name for path in LESSONS])
 def test_lesson_fails_only_at_exercises(path, monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_PROFILE", "smoke")

@@ -3,6 +3,7 @@
 The check generates the student notebooks in a temporary course folder and compares them with
 lessons/ as parsed JSON (cell types, sources, metadata, outputs), other files byte for byte.
 `make lessons` fixes a failure. The mechanics are tested on a tiny fixture assignment in tmp_path.
+Every test that runs nbgrader, or needs the fixture it generates, is marked slow (seconds per call).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def fixture_repo(tmp_path_factory) -> Path:
     return repo
 
 
+@pytest.mark.slow
 def test_lessons_regenerate_cleanly_without_instructor_material(fixture_repo):
     lessons = fixture_repo / "lessons"
     assert sorted(p.name for p in (lessons / "tiny").iterdir()) == ["tiny.ipynb"]  # stale files gone
@@ -74,6 +76,7 @@ def test_lessons_regenerate_cleanly_without_instructor_material(fixture_repo):
         assert secret not in text
 
 
+@pytest.mark.slow
 def test_check_passes_after_regeneration(fixture_repo, capsys):
     assert nbgrader_course.main(["--repo-root", str(fixture_repo), "check-lessons"]) == 0
     assert "matches" in capsys.readouterr().out
@@ -90,12 +93,14 @@ def _compare(fixture_repo, lessons: Path) -> list[str]:
     return nbgrader_course.compare_lessons(fixture_repo / "lessons", lessons, ["tiny"])
 
 
+@pytest.mark.slow
 def test_reformatted_json_is_not_a_difference(fixture_repo, lessons_copy):
     path = lessons_copy / "tiny" / "tiny.ipynb"
     path.write_text(json.dumps(json.loads(path.read_text()), indent=4, sort_keys=True))
     assert _compare(fixture_repo, lessons_copy) == []
 
 
+@pytest.mark.slow
 def test_hand_edited_lesson_is_reported(fixture_repo, lessons_copy):
     path = lessons_copy / "tiny" / "tiny.ipynb"
     notebook = nbformat.read(path, as_version=4)
@@ -104,6 +109,7 @@ def test_hand_edited_lesson_is_reported(fixture_repo, lessons_copy):
     assert _compare(fixture_repo, lessons_copy) == ["tiny/tiny.ipynb: cell 1 differs in its source"]
 
 
+@pytest.mark.slow
 def test_changed_metadata_is_reported(fixture_repo, lessons_copy):
     path = lessons_copy / "tiny" / "tiny.ipynb"
     notebook = nbformat.read(path, as_version=4)
@@ -112,6 +118,7 @@ def test_changed_metadata_is_reported(fixture_repo, lessons_copy):
     assert _compare(fixture_repo, lessons_copy) == ["tiny/tiny.ipynb: cell 2 differs in its metadata"]
 
 
+@pytest.mark.slow
 def test_missing_extra_and_orphan_files_are_reported(fixture_repo, lessons_copy):
     (lessons_copy / "tiny" / "tiny.ipynb").unlink()
     (lessons_copy / "tiny" / "wrong_answers.json").write_text("{}")
@@ -123,6 +130,7 @@ def test_missing_extra_and_orphan_files_are_reported(fixture_repo, lessons_copy)
     ]
 
 
+@pytest.mark.slow
 def test_corrupted_lesson_notebook_says_how_to_fix(fixture_repo, lessons_copy):
     (lessons_copy / "tiny" / "tiny.ipynb").write_text("{not json")
     with pytest.raises(ValueError, match="make lessons"):
@@ -136,6 +144,7 @@ def test_bad_folders_raise_clear_errors(tmp_path):
         nbgrader_course.run_nbgrader(tmp_path, "--version")
 
 
+@pytest.mark.slow
 def test_repository_lessons_match_solutions():
     differences = nbgrader_course.check_lessons(ROOT)
     assert differences == [], "lessons/ is out of date; run `make lessons`:\n" + "\n".join(differences)

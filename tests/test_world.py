@@ -294,5 +294,9 @@ def test_other_bad_input():
         shape_class(5)
 
 
-def test_generation_speed_reports_images_per_second():
-    assert world_generation_speed(n=64, repeats=1) > 50
+def test_generation_speed_reports_a_positive_rate():
+    # How fast is a figure of `make bench`, not a test; here only that a rate comes back.
+    speed = world_generation_speed(n=8, repeats=1)
+    assert isinstance(speed, float) and np.isfinite(speed) and speed > 0
+    with pytest.raises(ValueError, match="at least 1"):
+        world_generation_speed(n=0)

@@ -1,8 +1,10 @@
 """Every wrong answer an author recorded in wrong_answers.json fails its exercise's test cell.
 
 The end-to-end grading test sends one wrong answer per exercise through nbgrader; this test checks
-all of them, cheaply, in one kernel: run the instructor notebook, then for each wrong answer run
-it in place of the solution followed by the exercise's test cell, which must raise.
+all of them, cheaply, in one kernel: run the instructor notebook up to its last test cell, then
+for each wrong answer run it in place of the solution followed by the exercise's test cell, which
+must raise. The cells after the last test cell (a chapter's closing experiment) are not needed
+here: nbval runs every cell of the instructor notebooks (`pytest --nbval-lax solutions`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted(path.parent for path in (ROOT / "solutions").glob("*/wrong_answers.json"))
 
 
+def _nbgrader(cell) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
 def _test_cell_after(cells: list, solution_index: int):
     for cell in cells[solution_index + 1:]:
-        if cell.get("metadata", {}).get("nbgrader", {}).get("grade"):
+        if _nbgrader(cell).get("grade"):
             return cell
     raise AssertionError(f"no test cell follows solution cell {solution_index}")
 
 
-@pytest.mark.slow
+@pytest.mark.notebook
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=[path.name for path in CHAPTERS])
 def test_each_recorded_wrong_answer_fails_its_tests(chapter, monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_PROFILE", "smoke")
@@ -37,13 +43,15 @@ def test_each_recorded_wrong_answer_fails_its_tests(chapter, monkeypatch, tmp_pa
     solutions = {
         cell.metadata["nbgrader"]["grade_id"]: index
         for index, cell in enumerate(notebook.cells)
-        if cell.get("metadata", {}).get("nbgrader", {}).get("solution") and cell.cell_type == "code"
+        if _nbgrader(cell).get("solution") and cell.cell_type == "code"
     }
     assert set(wrong_answers) == set(solutions), "wrong_answers.json must cover exactly the exercises"
 
+    last_test = max(index for index, cell in enumerate(notebook.cells) if _nbgrader(cell).get("grade"))
+
     client = NotebookClient(notebook, timeout=300, allow_errors=True, resources={"metadata": {"path": str(chapter)}})
     with client.setup_kernel():
-        for index, cell in enumerate(notebook.cells):
+        for index, cell in enumerate(notebook.cells[:last_test + 1]):
             client.execute_cell(cell, index)
             errors = [out for out in cell.get("outputs", []) if out.get("output_type") == "error"]
             assert not errors, f"the instructor notebook failed at cell {index}: {errors[0]['evalue']}"

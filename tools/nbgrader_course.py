@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -96,9 +97,13 @@ def generate_release(course_root: Path, assignment_names: list[str] | None = Non
     which autograding needs.
     """
     course_root = Path(course_root)
-    names = assignments(course_root / "solutions") if assignment_names is None else assignment_names
-    for name in names:
-        run_nbgrader(course_root, "generate_assignment", name, "--force")
+    if assignment_names is None:
+        # All of them in one nbgrader process ("*" is a glob nbgrader expands): each start costs seconds.
+        patterns = ["*"] if assignments(course_root / "solutions") else []
+    else:
+        patterns = list(assignment_names)
+    for pattern in patterns:
+        run_nbgrader(course_root, "generate_assignment", pattern, "--force")
     return course_root / "lessons"
 
 
@@ -195,10 +200,17 @@ def write_lessons(repo_root: Path = REPO_ROOT) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class GradingRun:
-    """What :func:`grade` produced: the CSV of scores and the students whose notebook could not be graded."""
+    """What :func:`grade` produced: the CSV of scores, the students whose notebook could not be graded,
+    and how many submissions it graded in how many seconds (autograde, feedback and export together)."""
 
     csv_path: Path
     failed_students: list[str]
+    submissions: int
+    seconds: float
+
+    @property
+    def seconds_per_submission(self) -> float:
+        return self.seconds / self.submissions
 
 
 def _failed_students(autograde_log: str, assignment: str) -> list[str]:
@@ -227,6 +239,7 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None) -> G
             f"{course_root / 'submitted'}/<student>/{assignment}/."
         )
     csv_path = Path(csv_path).resolve() if csv_path is not None else course_root / "grades.csv"
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="course-release-") as release:
         run_nbgrader(course_root, "generate_assignment", assignment, "--force",
                      f"--CourseDirectory.release_directory={release}")
@@ -237,7 +250,8 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None) -> G
                            f"{autograded.stdout[-4000:]}{autograded.stderr[-8000:]}")
     run_nbgrader(course_root, "generate_feedback", assignment, "--force")
     run_nbgrader(course_root, "export", f"--to={csv_path}")
-    return GradingRun(csv_path=csv_path, failed_students=failed)
+    return GradingRun(csv_path=csv_path, failed_students=failed, submissions=len(submitted),
+                      seconds=time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lessons/ matches solutions/")
     elif args.command == "grade":
         run = grade(args.repo_root, args.assignment)
+        print(f"graded {run.submissions} submission(s) of {args.assignment} in {run.seconds:.0f} s "
+              f"({run.seconds_per_submission:.1f} s each, autograde + feedback + export)")
         print(f"grades written to {run.csv_path}; feedback in {args.repo_root / 'feedback'}")
         if run.failed_students:
             print(f"could not autograde (kernel died; scored 0, flagged for manual grading): "
