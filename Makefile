@@ -14,8 +14,8 @@ export HF_HUB_OFFLINE := 1
 
 help:
 	@echo "make book      set up, execute every lesson, build the book to _build/html"
-	@echo "make test      the whole test suite (about 10 minutes on 2 cores); ends with what was skipped and why"
-	@echo "make test-fast the tests that take seconds (no notebooks, grading or book): the edit-test loop"
+	@echo "make test      the whole test suite (about 5 minutes on 2 cores after set-up); ends with what was skipped and why"
+	@echo "make test-fast the tests that take seconds (no notebooks, grading or book; about 1 minute): the edit-test loop"
 	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
 	@echo "make lab       JupyterLab on the student lessons"
 	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
