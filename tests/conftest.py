@@ -11,17 +11,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    """The folder of real datasets the ``realdata`` tests read: ``$COURSE_SHARED_DATA`` or ``../shared/data``."""
-    return Path(os.environ.get("COURSE_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+from standins import SHARED_DATA
 
 
 # tryfirst: the marks must be in place before pytest selects tests with -m.
@@ -30,9 +24,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("notebook") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        if "shared_data" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("realdata"):
+            item.add_marker(pytest.mark.realdata)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("realdata") and not shared_data_dir().is_dir():
-        pytest.skip(f"needs the real datasets in {shared_data_dir()}, which is absent "
+    if item.get_closest_marker("realdata") and not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the real datasets in {SHARED_DATA}, which is absent "
                     f"(set COURSE_SHARED_DATA to the folder that holds them)")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real MNIST/USPS folder (``realdata`` tests); the test is skipped, with the reason, when it is absent."""
+    folder = SHARED_DATA
+    if not (folder / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"real MNIST/USPS copy not found at {folder} (set COURSE_SHARED_DATA to use another folder)")
+    return folder

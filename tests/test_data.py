@@ -30,13 +30,6 @@ from course_lib.real_datasets import RealDataset, load_real_dataset
 from course_lib.world import TARGET_CLASSES, WORLD_MEAN, WORLD_STD
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.skip(f"real MNIST/USPS copy not found at {SHARED_DATA} (set COURSE_SHARED_DATA to use another folder)")
-    return SHARED_DATA
-
-
 class LabelledItems(Dataset):
     """A dataset with no label attribute: labels can only be read item by item."""
 

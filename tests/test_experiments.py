@@ -169,6 +169,7 @@ def test_scratch_accuracy_seed_sets_the_initialisation():
     assert not torch.equal(first.initial["head.weight"], other.initial["head.weight"])
 
 
+@pytest.mark.slow
 def test_scratch_accuracy_learns_a_learnable_task_with_the_default_epochs():
     accuracy, _ = run_scratch(seed=0, epochs=None)  # scratch_epochs(48) = 63 epochs
     assert accuracy > 0.9

@@ -16,6 +16,7 @@ def private_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow
 def test_pretrain_writes_loadable_weights_and_recipe(tmp_path, capsys):
     out = tmp_path / "weights"
     assert pretrain.main(["--out", str(out), *TINY]) == 0

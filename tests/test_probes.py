@@ -139,6 +139,7 @@ def target_data(tmp_path_factory):
     return train, test
 
 
+@pytest.mark.slow
 def test_pretrained_stage4_features_transfer_far_better_than_random_ones(target_data, tmp_path):
     # Measured when written: pretrained 0.995, random (torch seed 0) 0.17; chance is 0.10.
     train, test = target_data
@@ -154,6 +155,7 @@ def test_pretrained_stage4_features_transfer_far_better_than_random_ones(target_
     assert transferability_curve(pretrained, train, test, ["stage4"], cache=cache) == trained_curve
 
 
+@pytest.mark.slow
 def test_curve_covers_every_stage_by_default(target_data):
     train, test = target_data
     curve = transferability_curve(load_backbone("course-resnet"), train, test, epochs=30)

@@ -8,7 +8,7 @@ from urllib.error import URLError
 import pytest
 import torch
 from PIL import Image
-from standins import SHARED_DATA, write_cifar10, write_svhn
+from standins import write_cifar10, write_svhn
 from torch.utils.data import Subset
 
 from course_lib import real_datasets
@@ -16,13 +16,6 @@ from course_lib.data import dataset_targets, imagenet_transform, subset_per_clas
 from course_lib.feature_cache import FeatureCache, data_fingerprint
 from course_lib.features import extract_features
 from course_lib.real_datasets import REAL_DATASETS, RealDataset, files_fingerprint, load_real_dataset
-
-
-@pytest.fixture
-def shared_data():
-    if not (SHARED_DATA / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
-        pytest.skip(f"real MNIST/USPS copy not found at {SHARED_DATA} (set COURSE_SHARED_DATA to use another folder)")
-    return SHARED_DATA
 
 
 @pytest.fixture

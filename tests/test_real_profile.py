@@ -32,7 +32,7 @@ from course_lib.features import extract_features
 from course_lib.models import load_backbone
 from course_lib.real_datasets import load_real_dataset
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "solutions").glob("*/*.ipynb"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 
+@pytest.mark.slow
 def test_torchvision_and_timm_import():
     result = subprocess.run([sys.executable, "-c", "import torchvision, timm"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
