@@ -30,6 +30,7 @@ import os
 import platform
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -145,21 +146,7 @@ def choose_profile(requested: str | None = None) -> tuple[str, str]:
     asked for), then ``smoke`` when nbgrader is executing the notebook (``NBGRADER_EXECUTION`` is
     set: grading must be fast), then the notebook's own ``requested`` profile, then ``standard``.
     """
-    env_profile = os.environ.get("COURSE_PROFILE", "").strip()
-    if env_profile:
-        choice, reason = env_profile, "COURSE_PROFILE environment variable"
-    elif os.environ.get("NBGRADER_EXECUTION"):
-        choice, reason = "smoke", "running under nbgrader (NBGRADER_EXECUTION is set)"
-    elif requested:
-        choice, reason = requested, "requested by the notebook"
-    else:
-        choice, reason = "standard", "default"
-    if choice not in PROFILE_NAMES:
-        raise ValueError(
-            f"Unknown course profile {choice!r} (from {reason}). "
-            f"Use one of {', '.join(PROFILE_NAMES)}, e.g. COURSE_PROFILE=smoke."
-        )
-    return choice, reason
+    return _choose("COURSE_PROFILE", requested, ("standard", "default"), PROFILE_NAMES, "profile")
 
 
 def choose_size(profile: str, requested: str | None = None) -> tuple[str, str]:
@@ -168,18 +155,24 @@ def choose_size(profile: str, requested: str | None = None) -> tuple[str, str]:
     Precedence, as for the profile: the ``COURSE_SIZE`` environment variable, then ``smoke`` under
     nbgrader, then the notebook's ``requested`` size, then the profile's own size.
     """
-    env_size = os.environ.get("COURSE_SIZE", "").strip()
-    if env_size:
-        choice, reason = env_size, "COURSE_SIZE environment variable"
+    return _choose("COURSE_SIZE", requested, (PROFILES[profile][1], f"the {profile} profile's size"), SIZES, "size")
+
+
+def _choose(variable: str, requested: str | None, default: tuple[str, str], names: Sequence[str], kind: str) -> tuple[str, str]:
+    """``(choice, reason)`` by the course's precedence: the environment ``variable`` (what the person
+    running the course asked for), ``smoke`` under nbgrader (grading must be fast), the notebook's
+    ``requested`` value, then ``default``; an unknown name is an error that lists the known ones."""
+    if os.environ.get(variable, "").strip():
+        choice, reason = os.environ[variable].strip(), f"{variable} environment variable"
     elif os.environ.get("NBGRADER_EXECUTION"):
         choice, reason = "smoke", "running under nbgrader (NBGRADER_EXECUTION is set)"
     elif requested:
         choice, reason = requested, "requested by the notebook"
     else:
-        choice, reason = PROFILES[profile][1], f"the {profile} profile's size"
-    if choice not in SIZES:
+        choice, reason = default
+    if choice not in names:
         raise ValueError(
-            f"Unknown course size {choice!r} (from {reason}). Use one of {', '.join(SIZES)}, e.g. COURSE_SIZE=smoke."
+            f"Unknown course {kind} {choice!r} (from {reason}). Use one of {', '.join(names)}, e.g. {variable}=smoke."
         )
     return choice, reason
 

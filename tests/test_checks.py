@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -11,22 +9,7 @@ from torch import nn
 
 from course_lib.checks import check_close, check_no_grad, check_range, check_tensor, check_uses_none_of
 
-
-def small_model() -> nn.Sequential:
-    """conv (3*4*3*3 + 4 = 112 params) -> BN (8) -> pool -> linear head (4*2 + 2 = 10)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
-
-
-@contextlib.contextmanager
-def fails_with(*fragments: str):
-    """Like pytest.raises(AssertionError), and the message must also contain every fragment."""
-    with pytest.raises(AssertionError) as info:
-        yield info
-    for fragment in fragments:
-        assert fragment in str(info.value), f"{fragment!r} not in message {str(info.value)!r}"
+from toy import fails_with, small_model
 
 
 # --- check_tensor ------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -19,22 +17,7 @@ from course_lib.model_checks import (
     snapshot_state,
 )
 
-
-def small_model() -> nn.Sequential:
-    """conv (3*4*3*3 + 4 = 112 params) -> BN (8) -> pool -> linear head (4*2 + 2 = 10)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
-    )
-
-
-@contextlib.contextmanager
-def fails_with(*fragments: str):
-    """Like pytest.raises(AssertionError), and the message must also contain every fragment."""
-    with pytest.raises(AssertionError) as info:
-        yield info
-    for fragment in fragments:
-        assert fragment in str(info.value), f"{fragment!r} not in message {str(info.value)!r}"
+from toy import fails_with, small_model
 
 
 # --- freezing and parameter counts -------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Small learnable toy data and models shared by the training, callback and checkpoint tests."""
+"""Small learnable toy data and models, and an assertion helper, shared by the tests."""
 
 from __future__ import annotations
 
+import contextlib
+
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -39,3 +42,20 @@ def loaders(n_train: int = 96, n_val: int = 48) -> tuple[DataLoader, DataLoader]
 def quiet_fit(model, train_loader, **kwargs):
     """fit without a progress bar."""
     return fit(model, train_loader, progress=False, **kwargs)
+
+
+def small_model() -> nn.Sequential:
+    """conv (3*4*3*3 + 4 = 112 params) -> BN (8) -> pool -> linear head (4*2 + 2 = 10)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2)
+    )
+
+
+@contextlib.contextmanager
+def fails_with(*fragments: str):
+    """Like pytest.raises(AssertionError), and the message must also contain every fragment."""
+    with pytest.raises(AssertionError) as info:
+        yield info
+    for fragment in fragments:
+        assert fragment in str(info.value), f"{fragment!r} not in message {str(info.value)!r}"
