@@ -17,7 +17,7 @@ help:
 	@echo "make test      the whole test suite (about 5 minutes on 2 cores after set-up); ends with what was skipped and why"
 	@echo "make test-fast the tests that take seconds (no notebooks, grading or book; about 1 minute): the edit-test loop"
 	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
-	@echo "make lab       JupyterLab on the student lessons"
+	@echo "make lab       JupyterLab on my-lessons/, your own copy of the lessons (updates arrive beside your work)"
 	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
 	@echo "make lessons   regenerate the student notebooks in lessons/ from solutions/"
@@ -65,8 +65,11 @@ book: venv
 bench: venv
 	$(BIN)/python -m course_lib.bench
 
+# Students work in my-lessons/, their own copy (tools/student_copy.py): created from lessons/ on the
+# first run; later runs add new lessons and put changed ones beside the student's files, never over them.
 lab: venv
-	$(BIN)/jupyter lab lessons
+	$(BIN)/python tools/student_copy.py lessons my-lessons
+	$(BIN)/jupyter lab my-lessons
 
 pretrain: venv
 	$(BIN)/python -m course_lib.pretrain --out pretrained
