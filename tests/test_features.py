@@ -1,70 +1,16 @@
-"""Tests for course_lib.features: extract_features, its on-disk cache, fingerprints, helpers."""
+"""Tests for course_lib.features: extract_features and the helpers for training on features."""
 
 from __future__ import annotations
-
-import warnings
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from course_lib.feature_cache import FeatureCache, data_fingerprint, weights_fingerprint
-from course_lib.features import extract_features, feature_loader, features_dataset, layer_names
+from course_lib.features import feature_loader, features_dataset, layer_names
 from course_lib.training import fit
 
-
-class FingerprintedImages(Dataset):
-    """A stand-in for the course's ShapeWorld: tensors, a `fingerprint` string and a `transform`."""
-
-    def __init__(self, n: int = 20, seed: int = 0, transform=None):
-        generator = torch.Generator().manual_seed(seed)
-        self.images = torch.rand(n, 3, 16, 16, generator=generator)
-        self.labels = torch.arange(n) % 3
-        self.fingerprint = f"toy-images-n{n}-seed{seed}"
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, int(self.labels[i])
-
-
-class Scale:
-    """A transform with a stable repr, as torchvision's transforms have."""
-
-    def __init__(self, factor: float):
-        self.factor = factor
-
-    def __call__(self, image):
-        return image * self.factor
-
-    def __repr__(self) -> str:
-        return f"Scale({self.factor})"
-
-
-class CountingCNN(nn.Module):
-    """A tiny CNN with BatchNorm and an in-place ReLU that counts its forward passes."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Linear(4, 3)
-        self.forward_calls = 0
-
-    def forward(self, x):
-        self.forward_calls += 1
-        return self.head(self.pool(self.body(x)))
-
-
-def extract(model, data, layer=None, **kwargs):
-    return extract_features(model, data, layer, batch_size=8, progress=False, **kwargs)
+from feature_toys import CountingCNN, FingerprintedImages, extract
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,108 +99,6 @@ def test_unknown_layer_lists_valid_names():
 def test_bad_inputs_are_explained(data, kwargs, error, message):
     with pytest.raises(error, match=message):
         extract(CountingCNN(), data, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# the cache
-
-
-def test_second_call_is_a_cache_hit_that_does_not_run_the_model(tmp_path, capsys):
-    model, data, cache = CountingCNN(), FingerprintedImages(), FeatureCache(tmp_path)
-    first = extract_features(model, data, "body.0", batch_size=8, cache=cache)
-    calls = model.forward_calls
-    assert calls == 3 and "cached in" in capsys.readouterr().out
-    second = extract_features(model, data, "body.0", batch_size=8, cache=cache)
-    assert model.forward_calls == calls
-    assert "loaded from the cache" in capsys.readouterr().out
-    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
-    assert len(list(tmp_path.iterdir())) == 1  # one file, no temporary leftovers
-
-
-def test_the_cache_misses_when_weights_layer_pool_data_or_transform_change(tmp_path):
-    model, cache = CountingCNN(), FeatureCache(tmp_path)
-    extract(model, FingerprintedImages(), "body.0", cache=cache)
-    runs = [model.forward_calls]
-
-    extract(model, FingerprintedImages(), "body.1", cache=cache)  # another layer
-    runs.append(model.forward_calls)
-    extract(model, FingerprintedImages(), "body.1", cache=cache, pool="flatten")  # another pooling
-    runs.append(model.forward_calls)
-    extract(model, FingerprintedImages(seed=1), "body.1", cache=cache)  # other data
-    runs.append(model.forward_calls)
-    extract(model, FingerprintedImages(transform=Scale(2.0)), "body.1", cache=cache)  # other transform
-    runs.append(model.forward_calls)
-    with torch.no_grad():
-        model.body[0].weight.add_(0.1)  # fine-tuned weights
-    extract(model, FingerprintedImages(), "body.0", cache=cache)
-    runs.append(model.forward_calls)
-    assert runs == [3, 6, 9, 12, 15, 18]
-    assert len(list(tmp_path.iterdir())) == 6
-
-
-def test_a_corrupted_cache_file_warns_then_is_recomputed_and_overwritten(tmp_path):
-    model, data, cache = CountingCNN(), FingerprintedImages(), FeatureCache(tmp_path)
-    expected, _ = extract(model, data, cache=cache)
-    (path,) = tmp_path.iterdir()
-    path.write_bytes(path.read_bytes()[:50])  # truncated, as by a full disk
-    with pytest.warns(UserWarning, match=f"{path.name}.*recomputing"):
-        features, _ = extract(model, data, cache=cache)
-    assert torch.equal(features, expected) and model.forward_calls == 6
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        extract(model, data, cache=cache)  # repaired: a clean hit
-    assert model.forward_calls == 6
-
-
-def test_the_default_cache_folder_follows_course_cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
-    cache = FeatureCache()
-    assert cache.folder == tmp_path / "features"
-    extract(CountingCNN(), FingerprintedImages(), cache=cache)
-    assert len(list((tmp_path / "features").glob("*.pt"))) == 1
-
-
-def test_data_that_cannot_be_fingerprinted_is_refused_not_cached_wrongly(tmp_path):
-    cache, model = FeatureCache(tmp_path), CountingCNN()
-
-    class Anonymous(FingerprintedImages):
-        fingerprint = None
-
-        def __init__(self):
-            super().__init__()
-            del self.fingerprint
-
-    with pytest.raises(ValueError, match="fingerprint.*cache=None"):
-        extract(model, Anonymous(), cache=cache)
-    with pytest.raises(ValueError, match="stable description"):
-        extract(model, FingerprintedImages(transform=lambda x: x * 2), cache=cache)
-    with pytest.raises(ValueError, match="shuffle"):
-        extract(model, DataLoader(FingerprintedImages(), shuffle=True), cache=cache)
-    assert model.forward_calls == 0 and list(tmp_path.iterdir()) == []
-
-
-def test_data_fingerprints():
-    data = FingerprintedImages()
-    assert data_fingerprint(data) == data_fingerprint(FingerprintedImages())
-    assert data_fingerprint(data) != data_fingerprint(FingerprintedImages(transform=Scale(0.5)))
-    assert data_fingerprint(data, transform_desc="my lambda v1") != data_fingerprint(data)
-    assert data_fingerprint(Subset(data, [0, 1])) != data_fingerprint(Subset(data, [1, 0]))
-    assert data_fingerprint(DataLoader(data)) != data_fingerprint(DataLoader(data, drop_last=True))
-    tensors = TensorDataset(data.images.clone(), data.labels)
-    before = data_fingerprint(tensors)
-    tensors.tensors[0][0, 0, 0, 0] += 1
-    assert data_fingerprint(tensors) != before
-
-
-def test_weights_fingerprint_sees_weights_and_buffers_of_any_dtype():
-    model = CountingCNN()
-    fingerprint = weights_fingerprint(model)
-    assert fingerprint == weights_fingerprint(CountingCNN()) and len(fingerprint) == 16
-    model.body[1].running_mean += 1  # BatchNorm statistics are part of what features depend on
-    assert weights_fingerprint(model) != fingerprint
-    assert weights_fingerprint(CountingCNN().to(torch.bfloat16)) != fingerprint
-    with pytest.raises(TypeError, match="nn.Module"):
-        weights_fingerprint({"weight": torch.zeros(1)})
 
 
 # ---------------------------------------------------------------------------------------------
