@@ -21,6 +21,15 @@ What nbgrader 0.9.6 does (found by running it, asserted below):
 - a kernel crash (os._exit) aborts that one submission: nbgrader logs the error, exits 1 after
   grading everyone else, and the gradebook holds the submission with 0 points and flagged for
   manual grading; no feedback is written for it.
+
+What normalising the submissions (tools/nbgrader_course.py: `normalise_submission`) adds, because
+nbgrader 0.9.6 alone fails these (found by running these students without it):
+- a stray or unbalanced `### BEGIN HIDDEN TESTS` in a solution cell made `generate_feedback`
+  fail for the whole class; now that student's code is graded and shown in full in the feedback;
+- a solution cell whose nbgrader metadata was removed or edited, or a test cell whose `grade_id`
+  was changed or `locked` removed, made nbgrader score the notebook 0 or flag it; now it earns
+  what its code earns;
+- a solution cell turned into a test cell with points, or an added cell with points, gains nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +57,12 @@ CHAPTER = "19_1_representations"
 CELL_TIMEOUT_S = 40
 # The first exercise's wrong answer with its tests edited, and the second's test deleted (see `course`).
 TAMPERED = "wrong-first-answer-tests-edited-and-deleted"
+# Right answers with stray and unbalanced nbgrader markers; the third one wraps its code in a
+# hidden-tests region, and this line of it must still be shown in the feedback.
+STRAY_MARKERS = "stray-nbgrader-markers"
+WRAPPED_LINE = "# my own check: this line stays visible"
+MANGLED = "right-answers-metadata-mangled"
+SOLUTION_MADE_TEST = "solution-cell-made-a-test-cell-first-answer-wrong"
 
 
 def _nbgrader(cell) -> dict:
@@ -151,6 +166,33 @@ def course(tmp_path_factory):
         with_solutions(**{ids[0]: 'raise RuntimeError("a bug in my code")', ids[1]: endless}),
         {**full, ids[0]: 0.0, ids[1]: 0.0},
     )
+    stray = with_solutions()
+    first, second, third = (stray.cells[_cell_index(stray, ex)] for ex in ids[:3])
+    first.source = "### BEGIN HIDDEN TESTS (a stray marker)\n" + first.source
+    second.source += "\n### END HIDDEN TESTS\n### BEGIN SOLUTION"
+    third.source = f"### BEGIN HIDDEN TESTS\n{WRAPPED_LINE}\n{third.source}\n### END HIDDEN TESTS"
+    students[STRAY_MARKERS] = (stray, dict(full))
+    # Right answers, but the metadata edited: the first solution cell's nbgrader metadata removed,
+    # the third's made into another cell's, a test cell renamed and unlocked; and a scratch cell
+    # added at the top, so that matching by position would be wrong.
+    mangled = with_solutions()
+    del mangled.cells[_cell_index(mangled, ids[0])].metadata["nbgrader"]
+    mangled.cells[_cell_index(mangled, ids[2])].metadata["nbgrader"].update(grade_id="my_answer", solution=False)
+    renamed = mangled.cells[_cell_index(mangled, exercises[ids[1]]["tests"][0])].metadata["nbgrader"]
+    renamed.update(grade_id="my_tests")
+    renamed.pop("locked")
+    mangled.cells.insert(0, nbformat.v4.new_markdown_cell("my notes"))
+    students[MANGLED] = (mangled, dict(full))
+    # A wrong answer whose solution cell claims to be a test cell worth 100 points, plus an added
+    # cell claiming 50: the points come from the release, so this scores exactly the wrong answer.
+    made_test = with_solutions(**{ids[0]: wrong_answers[ids[0]][0]})
+    made_test.cells[_cell_index(made_test, ids[0])].metadata["nbgrader"].update(
+        grade=True, solution=False, locked=True, points=100)
+    bonus = nbformat.v4.new_code_cell("print('bonus')")
+    bonus.metadata["nbgrader"] = dict(grade=True, solution=False, locked=True, points=50, grade_id="bonus",
+                                      schema_version=3)
+    made_test.cells.append(bonus)
+    students[SOLUTION_MADE_TEST] = (made_test, {**full, ids[0]: 0.0})
     unproven = [ex for ex in ids if not any(expected[ex] == full[ex] for _, expected in students.values())]
     assert not unproven, f"no simulated student has the right answer to {unproven}: add one"
     # Early in the notebook, so that the crash costs little time.
@@ -160,6 +202,7 @@ def course(tmp_path_factory):
         folder = root / "submitted" / student / CHAPTER
         folder.mkdir(parents=True)
         nbformat.write(notebook, folder / name)
+    sent = {path: path.read_bytes() for path in (root / "submitted").rglob("*") if path.is_file()}
 
     env = {"COURSE_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
     saved = {key: os.environ.get(key) for key in (*env, "COURSE_PROFILE")}
@@ -179,7 +222,7 @@ def course(tmp_path_factory):
     visible = {line.strip() for cell in student_nb.cells for line in cell.source.splitlines()}
     hidden = [line for cell in source.cells for line in _hidden_lines(cell.source) if line not in visible]
     return dict(root=root, name=name, source=source, exercises=exercises, students=students,
-                result=result, hidden=hidden)
+                result=result, hidden=hidden, sent=sent)
 
 
 def _scores(course, student: str) -> dict[str, float]:
@@ -189,7 +232,7 @@ def _scores(course, student: str) -> dict[str, float]:
     return {ex: sum(by_test[test] for test in info["tests"]) for ex, info in course["exercises"].items()}
 
 
-STUDENTS = ["untouched", "raises-and-loops", "kernel-crash"]
+STUDENTS = ["untouched", "raises-and-loops", "kernel-crash", STRAY_MARKERS, MANGLED, SOLUTION_MADE_TEST]
 
 
 @pytest.mark.notebook
@@ -264,6 +307,45 @@ def test_csv_has_one_row_per_student_with_their_score(course):
     for student, (_, expected) in course["students"].items():
         assert float(rows[student]["score"]) == pytest.approx(sum(expected.values())), student
         assert float(rows[student]["max_score"]) == pytest.approx(max_score)
+
+
+@pytest.mark.notebook
+def test_stray_markers_break_no_feedback_and_hide_no_code(course):
+    feedback = course["root"] / "feedback" / STRAY_MARKERS / CHAPTER / course["name"].replace(".ipynb", ".html")
+    assert feedback.is_file(), "the stray markers stopped feedback (for the whole class, in nbgrader 0.9.6 alone)"
+    assert WRAPPED_LINE in _visible_text(feedback), "a hidden-tests region in a solution cell hid the student's code"
+    graded = course["root"] / "autograded" / STRAY_MARKERS / CHAPTER / course["name"]
+    assert "BEGIN-HIDDEN-TESTS" in _visible_text(graded), "what was graded should show the neutralised marker"
+
+
+@pytest.mark.notebook
+def test_mangled_metadata_is_graded_not_flagged(course):
+    assert _scores(course, MANGLED) == course["students"][MANGLED][1]
+    with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
+        for student in (MANGLED, STRAY_MARKERS, SOLUTION_MADE_TEST):
+            assert not gradebook.find_submission(CHAPTER, student).needs_manual_grade, student
+    # Each matched its solution cells: nothing was graded as unanswered.
+    assert course["result"].normalisation_notes == {}
+
+
+@pytest.mark.notebook
+def test_solution_cell_made_a_test_cell_gains_nothing(course):
+    full = sum(info["points"] for info in course["exercises"].values())
+    with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
+        submission = gradebook.find_submission(CHAPTER, SOLUTION_MADE_TEST)
+        assert submission.max_score == pytest.approx(full)
+        assert submission.score == pytest.approx(sum(course["students"][SOLUTION_MADE_TEST][1].values()))
+        assert {grade.name for grade in gradebook.find_submission_notebook(
+            course["name"].removesuffix(".ipynb"), CHAPTER, SOLUTION_MADE_TEST).grades} == {
+            test for info in course["exercises"].values() for test in info["tests"]}
+
+
+@pytest.mark.notebook
+def test_submissions_are_kept_as_the_students_sent_them(course):
+    now = {path: path.read_bytes() for path in (course["root"] / "submitted").rglob("*") if path.is_file()}
+    assert now == course["sent"]
+    normalised = sorted(p.parts[-3] for p in (course["root"] / "normalised").glob(f"*/{CHAPTER}/*.ipynb"))
+    assert normalised == sorted(course["students"])
 
 
 def test_grade_without_submissions_says_where_to_put_them(tmp_path):
