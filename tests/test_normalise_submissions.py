@@ -1,4 +1,4 @@
-"""Normalising a submission before grading (tools/nbgrader_course.py), without running nbgrader.
+"""Normalising a submission before grading (tools/normalise_submissions.py), without running nbgrader.
 
 The end-to-end results (scores, feedback, flags) are checked against the real nbgrader pipeline
 in tests/test_grading.py; these check the rules themselves on small notebooks, in milliseconds.
@@ -18,7 +18,7 @@ from nbgrader.preprocessors.clearmarkingscheme import ClearMarkScheme
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
-import nbgrader_course  # noqa: E402  (tools/ is not a package)
+import normalise_submissions  # noqa: E402  (tools/ is not a package)
 
 STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 
@@ -58,8 +58,8 @@ def test_markers_are_nbgraders_own_defaults():
                 ClearHiddenTests.begin_test_delimeter.default_value, ClearHiddenTests.end_test_delimeter.default_value,
                 ClearMarkScheme.begin_mark_scheme_delimeter.default_value,
                 ClearMarkScheme.end_mark_scheme_delimeter.default_value}
-    assert set(nbgrader_course.NBGRADER_MARKERS) == defaults
-    config = (ROOT / nbgrader_course.CONFIG_NAME).read_text()
+    assert set(normalise_submissions.NBGRADER_MARKERS) == defaults
+    config = (ROOT / "nbgrader_config.py").read_text()
     assert not re.search(r"delimeter\s*=", config), "nbgrader_config.py changes a marker: update NBGRADER_MARKERS and _MARKER"
 
 
@@ -71,8 +71,8 @@ def test_markers_are_nbgraders_own_defaults():
     "BEGIN BEGIN HIDDEN TESTS END END MARK SCHEME",
 ])
 def test_neutralised_text_has_no_marker_and_keeps_its_lines(text):
-    neutral = nbgrader_course.neutralise_markers(text + "\nprint('kept')")
-    assert not any(marker.lower() in neutral.lower() for marker in nbgrader_course.NBGRADER_MARKERS)
+    neutral = normalise_submissions.neutralise_markers(text + "\nprint('kept')")
+    assert not any(marker.lower() in neutral.lower() for marker in normalise_submissions.NBGRADER_MARKERS)
     assert neutral.splitlines()[1] == "print('kept')" and len(neutral.splitlines()) == 2
     assert neutral.replace("-", " ").replace("\t", " ").lower().split() == \
         text.replace("\t", " ").lower().split() + ["print('kept')"]
@@ -84,7 +84,7 @@ def test_answers_go_into_the_released_notebook_matched_by_grade_id():
     submitted.cells.reverse()  # order does not matter
     submitted.cells.insert(0, _cell("code", "import os"))  # a cell the student added is not graded
     submitted.metadata["kernelspec"]["name"] = "something-else"
-    normalised, notes = nbgrader_course.normalise_submission(released, submitted)
+    normalised, notes = normalise_submissions.normalise_submission(released, submitted)
     assert notes == []
     assert [c.source for c in normalised.cells] == [
         "# Chapter", "def answer():\n    return 42", "assert answer() == 42", "Because.",
@@ -102,7 +102,7 @@ def test_edited_metadata_cannot_earn_points_or_change_tests():
     submitted.cells[2].source = "pass"
     submitted.cells[2].metadata["nbgrader"].pop("locked")
     submitted.cells.append(_cell("code", "pass", "bonus", solution=False, grade=True, locked=True, points=50))
-    normalised, _ = nbgrader_course.normalise_submission(released, submitted)
+    normalised, _ = normalise_submissions.normalise_submission(released, submitted)
     assert normalised.cells[1].source == "def answer():\n    return 42"  # still graded, as a solution
     assert [c.metadata for c in normalised.cells] == [c.metadata for c in released.cells]
     assert normalised.cells[2].source == "assert answer() == 42"
@@ -115,7 +115,7 @@ def test_cell_without_its_nbgrader_metadata_is_matched_by_cell_id():
     del submitted.cells[1].metadata["nbgrader"]
     submitted.cells[4].metadata["nbgrader"]["grade_id"] = "renamed"
     submitted.cells.insert(1, _cell("markdown", "my notes"))  # so position would pick the wrong cell
-    normalised, notes = nbgrader_course.normalise_submission(released, submitted)
+    normalised, notes = normalise_submissions.normalise_submission(released, submitted)
     assert notes == []
     assert normalised.cells[1].source == "def answer():\n    return 42"
     assert normalised.cells[4].source == "def twice(x):\n    return 2 * x"
@@ -126,7 +126,7 @@ def test_grade_id_claimed_twice_takes_the_cell_with_the_released_id():
     submitted = _answered(released)
     impostor = _cell("code", "def answer():\n    return 0", "ex1", solution=True, grade=False, locked=False)
     submitted.cells.insert(0, impostor)
-    normalised, _ = nbgrader_course.normalise_submission(released, submitted)
+    normalised, _ = normalise_submissions.normalise_submission(released, submitted)
     assert normalised.cells[1].source == "def answer():\n    return 42"
 
 
@@ -136,7 +136,7 @@ def test_unmatched_solution_is_graded_as_unanswered_with_a_note():
     lost = submitted.cells[4]
     del lost.metadata["nbgrader"]
     lost.id = "pasted-cell"  # Jupyter gives a pasted cell a new id
-    normalised, notes = nbgrader_course.normalise_submission(released, submitted)
+    normalised, notes = normalise_submissions.normalise_submission(released, submitted)
     assert normalised.cells[4].source == STUB
     assert notes == ["ex2: no cell with this grade_id or cell id; graded as unanswered"]
 
@@ -150,7 +150,7 @@ def test_stray_markers_no_longer_break_nbgraders_hidden_test_removal():
     remover = ClearHiddenTests(enforce_metadata=False)
     with pytest.raises(RuntimeError, match="hidden tests"):
         remover.preprocess(copy.deepcopy(submitted), {})
-    normalised, _ = nbgrader_course.normalise_submission(released, submitted)
+    normalised, _ = normalise_submissions.normalise_submission(released, submitted)
     cleared, _ = remover.preprocess(copy.deepcopy(normalised), {})
     assert [c.source for c in cleared.cells] == [c.source for c in normalised.cells], "the student's code was hidden"
     assert "# mine" in cleared.cells[4].source
@@ -169,7 +169,7 @@ def test_submissions_are_copied_and_normalised_and_the_originals_kept(tmp_path):
     stale.mkdir(parents=True)
     sent = {p: p.read_bytes() for p in (tmp_path / "submitted").rglob("*") if p.is_file()}
 
-    notes = nbgrader_course.normalise_submissions(tmp_path, "ch", release)
+    notes = normalise_submissions.normalise_submissions(tmp_path, "ch", release)
 
     assert {p: p.read_bytes() for p in (tmp_path / "submitted").rglob("*") if p.is_file()} == sent
     assert not stale.exists()
