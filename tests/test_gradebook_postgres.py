@@ -37,8 +37,8 @@ def _postgres_bindir() -> Path | None:
     """The folder holding PostgreSQL's server programs: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
     on_path = shutil.which("pg_ctl")
     candidates = [Path(on_path).parent] if on_path else []
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
-    for bindir in candidates + versions[::-1]:
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+    for bindir in candidates + debian[::-1]:  # the newest version first
         if all((bindir / program).is_file() for program in SERVER_PROGRAMS):
             return bindir
     return None
