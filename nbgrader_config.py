@@ -32,6 +32,9 @@ class HideHiddenTestsInFeedback(ClearHiddenTests):
 c = get_config()  # noqa: F821 (provided by nbgrader when it reads this file)
 
 c.CourseDirectory.root = "."
+# The gradebook's key for this course. PostgreSQL needs one (each assignment row refers to its
+# course; nbgrader's default, "", creates no course row); one server can then hold several courses.
+c.CourseDirectory.course_id = "transfer_learning_hands_on"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "lessons"
 c.CourseDirectory.submitted_directory = "submitted"

@@ -228,7 +228,7 @@ def _failed_students(autograde_log: str, assignment: str) -> list[str]:
 NORMALISED_DIR = "normalised"
 
 
-def grade(course_root: Path, assignment: str, csv_path: Path | None = None) -> GradingRun:
+def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_url: str | None = None) -> GradingRun:
     """Autograde every submission of ``assignment``, write feedback and export the grades to CSV.
 
     Expects submissions in ``course_root/submitted/<student>/<assignment>/``. Generates the
@@ -241,6 +241,9 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None) -> G
     A submission that nbgrader cannot grade at all (its code killed the kernel) does not stop the
     others: nbgrader records it with 0 points, flagged for manual grading, and it is listed in the
     result's ``failed_students`` (and printed by the command line) so the instructor can look at it.
+
+    The gradebook is ``course_root/gradebook.db`` (SQLite) unless ``db_url`` names another
+    database, e.g. ``postgresql://user@host/dbname`` for a class on a shared server.
     """
     course_root = Path(course_root).resolve()
     submitted = sorted((course_root / "submitted").glob(f"*/{assignment}"))
@@ -250,19 +253,21 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None) -> G
             f"{course_root / 'submitted'}/<student>/{assignment}/."
         )
     csv_path = Path(csv_path).resolve() if csv_path is not None else course_root / "grades.csv"
+    # Every nbgrader call must use the same gradebook: nbgrader reads no environment variable for it.
+    db = [f"--CourseDirectory.db_url={db_url}"] if db_url else []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="course-release-") as release:
         run_nbgrader(course_root, "generate_assignment", assignment, "--force",
-                     f"--CourseDirectory.release_directory={release}")
+                     f"--CourseDirectory.release_directory={release}", *db)
         notes = normalise_submissions(course_root, assignment, Path(release), normalised_dir=NORMALISED_DIR)
     autograded = run_nbgrader(course_root, "autograde", assignment, "--force",
-                              f"--CourseDirectory.submitted_directory={NORMALISED_DIR}", check=False)
+                              f"--CourseDirectory.submitted_directory={NORMALISED_DIR}", *db, check=False)
     failed = _failed_students(autograded.stdout + autograded.stderr, assignment)
     if autograded.returncode != 0 and not failed:
         raise RuntimeError(f"`nbgrader autograde {assignment}` failed in {course_root}; its log:\n"
                            f"{autograded.stdout[-4000:]}{autograded.stderr[-8000:]}")
-    run_nbgrader(course_root, "generate_feedback", assignment, "--force")
-    run_nbgrader(course_root, "export", f"--to={csv_path}")
+    run_nbgrader(course_root, "generate_feedback", assignment, "--force", *db)
+    run_nbgrader(course_root, "export", f"--to={csv_path}", *db)
     return GradingRun(csv_path=csv_path, failed_students=failed, submissions=len(submitted),
                       seconds=time.perf_counter() - started, normalisation_notes=notes)
 
@@ -277,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("check-lessons", help="exit 1 if lessons/ differs from what generation gives now")
     grade_parser = commands.add_parser("grade", help="autograde submitted/*/ASSIGNMENT, write feedback/ and grades.csv")
     grade_parser.add_argument("assignment")
+    grade_parser.add_argument("--db-url", help="the gradebook's database, e.g. postgresql://user@host/dbname "
+                              "(needs the psycopg driver); default: sqlite:///gradebook.db in the course folder")
     args = parser.parse_args(argv)
 
     if args.command == "lessons":
@@ -289,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("lessons/ matches solutions/")
     elif args.command == "grade":
-        run = grade(args.repo_root, args.assignment)
+        run = grade(args.repo_root, args.assignment, db_url=args.db_url)
         print(f"graded {run.submissions} submission(s) of {args.assignment} in {run.seconds:.0f} s "
               f"({run.seconds_per_submission:.1f} s each, autograde + feedback + export)")
         print(f"grades written to {run.csv_path}; feedback in {args.repo_root / 'feedback'}")
