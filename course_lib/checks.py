@@ -22,18 +22,20 @@ from typing import NoReturn
 
 import torch
 
-__all__ = ["check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of"]
+__all__ = ["check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of", "fail", "listed"]
 
 _MAX_LISTED = 5  # how many offending names a message lists before "... and N more"
 
 
-def _listed(names: Sequence[str]) -> str:
+def listed(names: Sequence[str]) -> str:
+    """The first few names, comma-separated, then "... and N more" (for messages about many parameters)."""
     shown = ", ".join(names[:_MAX_LISTED])
     more = len(names) - _MAX_LISTED
     return shown + (f" ... and {more} more" if more > 0 else "")
 
 
-def _fail(message: str, hint: str | None = None) -> NoReturn:
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    """Fail an exercise check: an AssertionError saying what was wrong and, with ``hint``, what to try."""
     raise AssertionError(message + (f": {hint}" if hint else "."))
 
 
@@ -75,16 +77,16 @@ def _check_values(x: torch.Tensor, name: str, finite: bool, low: float | None, h
         bad = ~torch.isfinite(x)
         if bad.any():
             n_nan = int(torch.isnan(x).sum())
-            _fail(
+            fail(
                 f"{name} contains {n_nan} NaN and {int(bad.sum()) - n_nan} infinite values out of {x.numel()}",
                 "look for a division by zero or the log of 0, or lower the learning rate if training diverged",
             )
     if (low is not None or high is not None) and x.numel() > 0:
         smallest, largest = x.min().item(), x.max().item()
         if low is not None and smallest < low:
-            _fail(f"expected every value of {name} to be >= {low} but the smallest is {smallest:.4g}")
+            fail(f"expected every value of {name} to be >= {low} but the smallest is {smallest:.4g}")
         if high is not None and largest > high:
-            _fail(f"expected every value of {name} to be <= {high} but the largest is {largest:.4g}")
+            fail(f"expected every value of {name} to be <= {high} but the largest is {largest:.4g}")
 
 
 def check_tensor(
@@ -105,19 +107,19 @@ def check_tensor(
     """
     if not isinstance(x, torch.Tensor):
         fix = "did your function forget to return it?" if x is None else "convert it with torch.as_tensor(...)"
-        _fail(f"expected {name} to be a torch.Tensor but got {type(x).__name__}", fix)
+        fail(f"expected {name} to be a torch.Tensor but got {type(x).__name__}", fix)
     if shape is not None:
         expected = tuple(shape)
         got = tuple(x.shape)
         if not _shape_matches(expected, got):
             shown = "(" + ", ".join("*" if e is None else str(e) for e in expected) + (",)" if len(expected) == 1 else ")")
-            _fail(f"expected {name} to have shape {shown} but got {got}", _shape_hint(expected, got))
+            fail(f"expected {name} to have shape {shown} but got {got}", _shape_hint(expected, got))
     if dtype is not None and x.dtype != dtype:
-        _fail(f"expected {name} to have dtype {dtype} but got {x.dtype}", _dtype_hint(dtype, x.dtype))
+        fail(f"expected {name} to have dtype {dtype} but got {x.dtype}", _dtype_hint(dtype, x.dtype))
     if device is not None:
         want = torch.device(device)
         if x.device.type != want.type or (want.index is not None and x.device.index != want.index):
-            _fail(f"expected {name} on device {want} but it is on {x.device}", f"move it with .to({str(want)!r})")
+            fail(f"expected {name} on device {want} but it is on {x.device}", f"move it with .to({str(want)!r})")
     _check_values(x, name, finite, min, max)
 
 
@@ -137,23 +139,23 @@ def check_close(actual, expected, *, atol: float = 1e-4, rtol: float = 1e-4, nam
     many positions differ and the expected and actual values where they differ most.
     """
     if actual is None:
-        _fail(f"expected {name} to be {expected!r} but got None", hint or "did your function forget to return it?")
+        fail(f"expected {name} to be {expected!r} but got None", hint or "did your function forget to return it?")
     try:
         got = torch.as_tensor(actual).detach().cpu().double()
     except (TypeError, ValueError, RuntimeError):
-        _fail(f"expected {name} to be a number or tensor but got {type(actual).__name__}", hint)
+        fail(f"expected {name} to be a number or tensor but got {type(actual).__name__}", hint)
     want = torch.as_tensor(expected).detach().cpu().double()
     if got.shape != want.shape:
-        _fail(f"expected {name} to have shape {tuple(want.shape)} but got {tuple(got.shape)}", hint)
+        fail(f"expected {name} to have shape {tuple(want.shape)} but got {tuple(got.shape)}", hint)
     if _is_close(got, want, atol, rtol):
         return
     if got.numel() == 1:
-        _fail(f"expected {name} to be {want.item():.6g} but got {got.item():.6g}", hint)
+        fail(f"expected {name} to be {want.item():.6g} but got {got.item():.6g}", hint)
     differing = int((~torch.isclose(got, want, atol=atol, rtol=rtol)).sum())  # assert_close's test, per element
     difference = (got - want).abs().nan_to_num(nan=math.inf)
     worst = torch.unravel_index(difference.argmax(), difference.shape)
     where = tuple(int(i) for i in worst)
-    _fail(
+    fail(
         f"{name} differs from the expected values at {differing} of "
         f"{got.numel()} positions; the largest difference is at index {where}: expected "
         f"{want[worst].item():.6g} but got {got[worst].item():.6g}",
@@ -165,21 +167,21 @@ def check_range(value, low: float, high: float, *, name: str = "value", hint: st
     """Check that a number (or one-element tensor) lies in ``[low, high]``, e.g. an accuracy in [0.8, 1]."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            _fail(f"expected {name} to be a single number but got a tensor of shape {tuple(value.shape)}", hint or "reduce it, e.g. with .mean()")
+            fail(f"expected {name} to be a single number but got a tensor of shape {tuple(value.shape)}", hint or "reduce it, e.g. with .mean()")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(f"expected {name} to be a number but got {type(value).__name__}", hint)
+        fail(f"expected {name} to be a number but got {type(value).__name__}", hint)
     if not low <= value <= high:  # also fails for NaN
-        _fail(f"expected {name} between {low} and {high} but got {value:.4g}", hint)
+        fail(f"expected {name} between {low} and {high} but got {value:.4g}", hint)
 
 
 def check_no_grad(tensor, *, name: str = "features") -> None:
     """Check that ``tensor`` was computed without autograd (feature extraction under ``torch.no_grad()``; 19.2)."""
     if not isinstance(tensor, torch.Tensor):
-        _fail(f"expected {name} to be a torch.Tensor but got {type(tensor).__name__}")
+        fail(f"expected {name} to be a torch.Tensor but got {type(tensor).__name__}")
     if tensor.requires_grad or tensor.grad_fn is not None:
         graph = f" (grad_fn={type(tensor.grad_fn).__name__})" if tensor.grad_fn is not None else ""
-        _fail(
+        fail(
             f"{name} was computed with gradient tracking{graph}, which keeps the whole graph in memory",
             "run the forward pass under torch.no_grad() (or torch.inference_mode()), or call .detach()",
         )
@@ -204,4 +206,4 @@ def check_uses_none_of(function: Callable, forbidden: Sequence[object], *, hint:
         codes.extend(const for const in code.co_consts if hasattr(const, "co_names"))
     used = sorted(name for name in names if id(function.__globals__.get(name)) in forbidden_ids or name in forbidden_names)
     if used:
-        _fail(f"{function.__name__} uses {_listed(used)} from course_lib instead of doing the work itself", hint)
+        fail(f"{function.__name__} uses {listed(used)} from course_lib instead of doing the work itself", hint)

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from course_lib.checks import _fail, _listed
+from course_lib.checks import fail, listed
+from course_lib.core import count_parameters
 
 __all__ = [
     "check_eval_mode", "check_frozen", "check_learning_rates", "check_param_groups_cover", "check_parameter_counts",
@@ -27,7 +28,7 @@ __all__ = [
 
 def _as_module(model, what: str) -> nn.Module:
     if not isinstance(model, nn.Module):
-        _fail(f"expected {what} to be a torch.nn.Module but got {type(model).__name__}",
+        fail(f"expected {what} to be a torch.nn.Module but got {type(model).__name__}",
               "pass the module itself (not model.parameters())" if model is not None else "did your function forget to return it?")
     return model
 
@@ -40,19 +41,19 @@ def check_frozen(model_or_module: nn.Module, *, expect_frozen: bool = True, name
     module = _as_module(model_or_module, name)
     parameters = list(module.named_parameters())
     if not parameters:
-        _fail(f"{name} has no parameters", "did you pass the right module?")
+        fail(f"{name} has no parameters", "did you pass the right module?")
     wrong = [n for n, p in parameters if p.requires_grad == expect_frozen]
     if not wrong:
         return
     if expect_frozen:
-        _fail(
+        fail(
             f"expected every parameter of {name} to be frozen, but {len(wrong)} of {len(parameters)} still "
-            f"have requires_grad=True ({_listed(wrong)})",
+            f"have requires_grad=True ({listed(wrong)})",
             f"call {name}.requires_grad_(False)",
         )
-    _fail(
+    fail(
         f"expected every parameter of {name} to be trainable, but {len(wrong)} of {len(parameters)} have "
-        f"requires_grad=False ({_listed(wrong)})",
+        f"requires_grad=False ({listed(wrong)})",
         f"call {name}.requires_grad_(True) on the part you want to fine-tune",
     )
 
@@ -62,8 +63,7 @@ def check_parameter_counts(model: nn.Module, *, trainable: int | None = None, fr
     if trainable is None and frozen is None:
         raise ValueError("check_parameter_counts needs trainable=... and/or frozen=... to compare against.")
     module = _as_module(model, "model")
-    n_trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    n_frozen = sum(p.numel() for p in module.parameters() if not p.requires_grad)
+    n_trainable, n_frozen = count_parameters(module)
     found = f"(found {n_trainable:,} trainable and {n_frozen:,} frozen)"
     if trainable is not None and n_trainable != trainable:
         hint = (
@@ -71,19 +71,19 @@ def check_parameter_counts(model: nn.Module, *, trainable: int | None = None, fr
             if n_trainable > trainable
             else "some parameters you meant to train are frozen, or a new layer has the wrong size"
         )
-        _fail(f"expected {trainable:,} trainable parameters but found {n_trainable:,} {found}", hint)
+        fail(f"expected {trainable:,} trainable parameters but found {n_trainable:,} {found}", hint)
     if frozen is not None and n_frozen != frozen:
         hint = (
             "some parameters you meant to train have requires_grad=False"
             if n_frozen > frozen
             else "some parameters you meant to freeze still have requires_grad=True"
         )
-        _fail(f"expected {frozen:,} frozen parameters but found {n_frozen:,} {found}", hint)
+        fail(f"expected {frozen:,} frozen parameters but found {n_frozen:,} {found}", hint)
 
 
 def _as_optimizer(optimizer) -> torch.optim.Optimizer:
     if not isinstance(optimizer, torch.optim.Optimizer):
-        _fail(f"expected a torch.optim.Optimizer but got {type(optimizer).__name__}")
+        fail(f"expected a torch.optim.Optimizer but got {type(optimizer).__name__}")
     return optimizer
 
 
@@ -91,7 +91,7 @@ def _wanted_rates(groups: list[dict], expected: Sequence[float] | Mapping) -> di
     """``{group index: expected lr}`` from a list (one rate per group) or a dict keyed by index or group name."""
     if not isinstance(expected, Mapping):
         if len(expected) != len(groups):
-            _fail(
+            fail(
                 f"expected {len(expected)} param groups but the optimizer has {len(groups)} (learning rates {[g['lr'] for g in groups]})",
                 "pass a list of dicts to the optimizer, one per group: [{'params': ..., 'lr': ...}, ...]",
             )
@@ -104,7 +104,7 @@ def _wanted_rates(groups: list[dict], expected: Sequence[float] | Mapping) -> di
         elif key in names:
             wanted[names[key]] = lr
         else:
-            _fail(
+            fail(
                 f"expected a param group {key!r} but the optimizer has {len(groups)} groups"
                 f"{' named ' + ', '.join(map(str, names)) if names else ' without names'}",
                 "give each group a 'name' key, e.g. {'params': ..., 'lr': ..., 'name': 'head'}",
@@ -129,7 +129,7 @@ def check_learning_rates(optimizer: torch.optim.Optimizer, expected: Sequence[fl
                 hint = "the group started with that rate but a scheduler changed it: check before scheduler.step()"
             else:
                 hint = "set 'lr' in that group's dict (a group without 'lr' uses the optimizer's default lr=...)"
-            _fail(f"param group {index}: expected lr {lr:g} but got {groups[index]['lr']:g} (all groups: {got_rates})", hint)
+            fail(f"param group {index}: expected lr {lr:g} but got {groups[index]['lr']:g} (all groups: {got_rates})", hint)
 
 
 def check_param_groups_cover(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
@@ -145,18 +145,18 @@ def check_param_groups_cover(optimizer: torch.optim.Optimizer, model: nn.Module)
     repeated = [n for n, p in named.items() if times_seen.get(id(p), 0) > 1]
     foreign = len(set(times_seen) - {id(p) for p in named.values()})
     if foreign:  # checked first: it usually explains the missing parameters too
-        _fail(
+        fail(
             f"the optimizer holds {foreign} parameters that are not in this model "
             f"(and {len(missing)} trainable parameters of the model are in no param group)",
             "did you build the optimizer from an older model object? Create the optimizer after the final model",
         )
     if missing:
-        _fail(
-            f"{len(missing)} trainable parameters are in no param group and will never be updated ({_listed(missing)})",
+        fail(
+            f"{len(missing)} trainable parameters are in no param group and will never be updated ({listed(missing)})",
             "add them to one of the groups (or freeze them with requires_grad_(False) if that is intended)",
         )
     if repeated:
-        _fail(f"{len(repeated)} parameters are in more than one param group ({_listed(repeated)})", "put each parameter in exactly one group")
+        fail(f"{len(repeated)} parameters are in more than one param group ({listed(repeated)})", "put each parameter in exactly one group")
 
 
 def _check_mode(module, training: bool, name: str) -> None:
@@ -165,9 +165,9 @@ def _check_mode(module, training: bool, name: str) -> None:
     if not wrong:
         return
     if training:
-        _fail(f"expected {name} in training mode but these submodules are in eval mode: {_listed(wrong)}", f"call {name}.train()")
-    _fail(
-        f"expected {name} in eval mode but these submodules are in training mode: {_listed(wrong)}",
+        fail(f"expected {name} in training mode but these submodules are in eval mode: {listed(wrong)}", f"call {name}.train()")
+    fail(
+        f"expected {name} in eval mode but these submodules are in training mode: {listed(wrong)}",
         f"call {name}.eval() after model.train() (which switches every submodule back to training); "
         "in training mode BatchNorm updates its running statistics and Dropout drops activations",
     )
@@ -198,8 +198,8 @@ def check_same_state(before: Mapping | nn.Module, after: Mapping | nn.Module, *,
     after = snapshot_state(after) if isinstance(after, nn.Module) else after
     if set(before) != set(after):
         extra, gone = sorted(set(after) - set(before)), sorted(set(before) - set(after))
-        _fail(
-            f"{name}'s entries changed: {len(extra)} new ({_listed(extra)}) and {len(gone)} removed ({_listed(gone)})",
+        fail(
+            f"{name}'s entries changed: {len(extra)} new ({listed(extra)}) and {len(gone)} removed ({listed(gone)})",
             "compare snapshots of the same model (take the first with snapshot_state)",
         )
     changed = [key for key in before if not torch.equal(before[key].cpu(), after[key].cpu())]
@@ -210,4 +210,4 @@ def check_same_state(before: Mapping | nn.Module, after: Mapping | nn.Module, *,
                 "BatchNorm updates its running statistics whenever it runs in training mode, even under "
                 f"torch.no_grad(): call {name}.eval() first"
             )
-        _fail(f"{len(changed)} entries of {name} changed: {_listed(changed)}", hint)
+        fail(f"{len(changed)} entries of {name} changed: {listed(changed)}", hint)
