@@ -35,7 +35,10 @@ from torch import nn
 
 from course_lib.metrics import accuracy
 
-__all__ = ["ClassificationStep", "PairedLoader", "StepOutput", "check_step_output"]
+__all__ = [
+    "ClassificationStep", "PairedLoader", "StepOutput", "check_logits_and_targets", "check_step_output",
+    "split_inputs_and_targets",
+]
 
 
 class StepOutput(NamedTuple):
