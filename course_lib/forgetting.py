@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_lib.core import eval_mode, model_device
+from course_lib.core import model_device
 from course_lib.models import get_head, layer_groups, remove_head
+from course_lib.training import evaluate
 from course_lib.validation import check_module
 
 __all__ = ["average_accuracy", "backward_transfer", "forgetting", "forward_transfer", "old_task_accuracy", "weight_drift"]
@@ -80,17 +81,7 @@ def old_task_accuracy(model: nn.Module, old_head: nn.Linear, loader: Iterable) -
     if old_head.in_features != feature_dim:
         raise ValueError(f"old_head takes {old_head.in_features} features but the backbone gives {feature_dim}: "
                          "pass the head of the same architecture's source model.")
-    device = model_device(model)
-    source_model = nn.Sequential(body, copy.deepcopy(old_head).to(device))
-    correct, count = 0, 0
-    with torch.no_grad(), eval_mode(source_model):
-        for inputs, targets in loader:
-            predicted = source_model(inputs.to(device)).argmax(dim=1)
-            correct += int((predicted == targets.to(device)).sum())
-            count += len(targets)
-    if count == 0:
-        raise ValueError("The loader yielded no batches: is the dataset empty?")
-    return correct / count
+    return evaluate(nn.Sequential(body, copy.deepcopy(old_head).to(model_device(model))), loader)["accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------
