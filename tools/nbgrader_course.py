@@ -1,14 +1,14 @@
 """The course's nbgrader pipeline: generate the student lessons, check they are current, grade.
 
 Used by ``make lessons`` / ``make grade`` and by ``tests/test_pipeline.py`` and
-``tests/test_grading.py``. It only drives the ``nbgrader`` command line (settings in
-``nbgrader_config.py``); it does not import ``course_lib``::
+``tests/test_grading.py``. It drives the ``nbgrader`` command line (settings in
+``nbgrader_config.py``) and nbgrader's gradebook; it does not import ``course_lib``::
 
     python tools/nbgrader_course.py lessons              # regenerate lessons/ from solutions/
     python tools/nbgrader_course.py check-lessons        # exit 1 if lessons/ is out of date
     python tools/nbgrader_course.py grade 19_1_representations
-        # normalise submitted/*/19_1_representations into normalised/, autograde those,
-        # write feedback/ and grades.csv
+        # normalise submitted/*/19_1_representations into normalised/, grade those in a
+        # sandbox (tools/sandboxed_grading.py), write feedback/ and grades.csv
 
 Student notebooks are generated in a throwaway course folder (a temporary directory with a copy
 of ``nbgrader_config.py`` and of ``solutions/``), so that generating or checking never leaves a
@@ -204,47 +204,128 @@ def write_lessons(repo_root: Path = REPO_ROOT) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class GradingRun:
-    """What :func:`grade` produced: the CSV of scores, the students whose notebook could not be graded,
-    notes from normalising the submissions ({student: notes}, see :func:`normalise_submissions`),
-    and how many submissions it graded in how many seconds (normalise, autograde, feedback and export)."""
+    """What :func:`grade` produced: the CSV of scores; per student, the test cells that could not finish
+    (``flagged``: crashed or timed out, scored 0 and flagged for manual grading); notes from
+    normalising and grading ({student: notes}); how many submissions it graded, in how many seconds
+    (normalise, sandboxed grading, gradebook, feedback and export) with how many parallel workers."""
 
     csv_path: Path
-    failed_students: list[str]
+    flagged: dict[str, list[str]]
     submissions: int
     seconds: float
-    normalisation_notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    workers: int = 1
+    notes: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    sandboxed: bool = True
 
     @property
     def seconds_per_submission(self) -> float:
         return self.seconds / self.submissions
 
 
-def _failed_students(autograde_log: str, assignment: str) -> list[str]:
-    """Students whose submission nbgrader could not autograde (e.g. their code crashed the kernel)."""
-    pattern = re.compile(r"There was an error processing assignment: .*[/\\]([^/\\]+)[/\\]" + re.escape(assignment) + r"\s*$")
-    return sorted({match.group(1) for line in autograde_log.splitlines() if (match := pattern.search(line))})
-
-
 NORMALISED_DIR = "normalised"
 
 
-def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_url: str | None = None) -> GradingRun:
-    """Autograde every submission of ``assignment``, write feedback and export the grades to CSV.
+def _grade_student(student: str, assignment: str, course_root: Path, release: Path, source_dir: Path,
+                   sandboxed: bool, limits) -> tuple[str, dict, list[str]]:
+    """Grade one student's normalised notebooks in the sandbox: (student, {notebook: verdicts}, notes)."""
+    import nbformat
+    from sandboxed_grading import grade_notebook, grading_plan
+
+    results, notes = {}, []
+    for released_path in sorted((release / assignment).glob("*.ipynb")):
+        released = nbformat.read(released_path, as_version=4)
+        submitted_path = course_root / NORMALISED_DIR / student / assignment / released_path.name
+        try:
+            submitted = nbformat.read(submitted_path, as_version=4)
+        except Exception:  # missing or not a notebook: normalising noted it; graded as unanswered
+            submitted = None
+        if submitted is None:
+            results[released_path.stem] = None
+            continue
+        source = nbformat.read(source_dir / assignment / released_path.name, as_version=4)
+        verdicts, run_notes = grade_notebook(grading_plan(released, source, submitted), sandboxed=sandboxed,
+                                             limits=limits)
+        results[released_path.stem] = (submitted, verdicts)
+        notes += [f"{released_path.name}: {note}" for note in run_notes]
+    return student, results, notes
+
+
+def _record(gradebook, course_root: Path, assignment: str, student: str, results: dict) -> list[str]:
+    """Write one student's verdicts into nbgrader's gradebook and their autograded notebooks; return flagged tests."""
+    import nbformat
+    from nbgrader.utils import compute_checksum, parse_utc
+    from sandboxed_grading import verdict_output
+
+    gradebook.update_or_create_student(student)
+    stamp = course_root / NORMALISED_DIR / student / assignment / "timestamp.txt"
+    timestamp = parse_utc(stamp.read_text().strip()) if stamp.is_file() and stamp.read_text().strip() else None
+    if timestamp is not None:
+        gradebook.update_or_create_submission(assignment, student, timestamp=timestamp)
+    else:
+        gradebook.update_or_create_submission(assignment, student)
+    flagged = []
+    out_folder = course_root / "autograded" / student / assignment
+    if out_folder.exists():
+        shutil.rmtree(out_folder)
+    out_folder.mkdir(parents=True)
+    if stamp.is_file():
+        shutil.copy2(stamp, out_folder / "timestamp.txt")
+    for notebook_id, result in results.items():
+        submission = gradebook.find_submission_notebook(notebook_id, assignment, student)
+        if result is None:
+            for grade in submission.grades:
+                grade.auto_score, grade.needs_manual_grade = 0, False
+            continue
+        notebook, verdicts = result
+        for cell in notebook.cells:
+            meta = cell.get("metadata", {}).get("nbgrader", {})
+            if cell.cell_type == "code":
+                cell.outputs, cell.execution_count = [], None
+            if meta.get("grade") and cell.cell_type == "code":
+                grade = gradebook.find_grade(meta["grade_id"], notebook_id, assignment, student)
+                verdict = verdicts[meta["grade_id"]]
+                points = float(meta.get("points", 0))
+                grade.auto_score = points if verdict.passed else 0.0
+                could_not_finish = verdict.status in ("crashed", "timed out", "not run")
+                grade.needs_manual_grade = grade.manual_score is not None or could_not_finish
+                if could_not_finish:
+                    flagged.append(meta["grade_id"])
+                cell.outputs = [nbformat.from_dict(verdict_output(verdict, points))]
+            if meta.get("solution"):
+                comment = gradebook.find_comment(meta["grade_id"], notebook_id, assignment, student)
+                comment.auto_comment = "No response." if meta.get("checksum") == compute_checksum(cell) else None
+        gradebook.db.commit()
+        nbformat.write(notebook, out_folder / f"{notebook_id}.ipynb")
+    return flagged
+
+
+def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_url: str | None = None,
+          workers: int | None = None, sandboxed: bool = True, limits=None) -> GradingRun:
+    """Grade every submission of ``assignment`` in a sandbox, write feedback and export the grades to CSV.
 
     Expects submissions in ``course_root/submitted/<student>/<assignment>/``. Generates the
     assignment's release into a temporary folder (this also registers it in the gradebook;
     ``lessons/`` is not touched), normalises every submission against it into
     ``course_root/normalised/`` (:func:`normalise_submissions`; ``submitted/`` is left as the
-    students sent it), then runs ``nbgrader autograde`` on those (one call grades every student),
-    ``nbgrader generate_feedback`` and ``nbgrader export``.
+    students sent it), then grades each student in a bubblewrap sandbox
+    (``tools/sandboxed_grading.py``), ``workers`` students at a time (default: one per core). The
+    scores go into nbgrader's gradebook, the graded notebooks (the release with the student's
+    answers and the grader's verdict under each test cell) into ``autograded/``; then
+    ``nbgrader generate_feedback`` and ``nbgrader export`` run as usual.
 
-    A submission that nbgrader cannot grade at all (its code killed the kernel) does not stop the
-    others: nbgrader records it with 0 points, flagged for manual grading, and it is listed in the
-    result's ``failed_students`` (and printed by the command line) so the instructor can look at it.
+    A test cell whose process crashed or ran out of time scores 0 and is flagged for manual
+    grading (``flagged`` in the result); the student's other test cells are graded as usual.
+    ``sandboxed=False`` grades without the sandbox (say so on the command line: ``--no-sandbox``).
 
     The gradebook is ``course_root/gradebook.db`` (SQLite) unless ``db_url`` names another
     database, e.g. ``postgresql://user@host/dbname`` for a class on a shared server.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nbgrader.api import Gradebook
+    from sandbox import check_sandbox_starts
+    from sandboxed_grading import Limits, Sandbox, _python_paths
+
     course_root = Path(course_root).resolve()
     submitted = sorted((course_root / "submitted").glob(f"*/{assignment}"))
     if not submitted:
@@ -252,24 +333,42 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_u
             f"No submissions of {assignment!r}: put each student's notebooks in "
             f"{course_root / 'submitted'}/<student>/{assignment}/."
         )
+    limits = limits or Limits()
+    if sandboxed:  # fail before any work, and loudly, where the sandbox cannot start
+        with tempfile.TemporaryDirectory(prefix="course-sandbox-check-") as probe:
+            check_sandbox_starts(Sandbox(Path(probe), _python_paths()), sys.executable)
+    workers = workers or min(len(os.sched_getaffinity(0)), len(submitted))
     csv_path = Path(csv_path).resolve() if csv_path is not None else course_root / "grades.csv"
     # Every nbgrader call must use the same gradebook: nbgrader reads no environment variable for it.
     db = [f"--CourseDirectory.db_url={db_url}"] if db_url else []
     started = time.perf_counter()
+    students = [folder.parent.name for folder in submitted]
     with tempfile.TemporaryDirectory(prefix="course-release-") as release:
         run_nbgrader(course_root, "generate_assignment", assignment, "--force",
                      f"--CourseDirectory.release_directory={release}", *db)
         notes = normalise_submissions(course_root, assignment, Path(release), normalised_dir=NORMALISED_DIR)
-    autograded = run_nbgrader(course_root, "autograde", assignment, "--force",
-                              f"--CourseDirectory.submitted_directory={NORMALISED_DIR}", *db, check=False)
-    failed = _failed_students(autograded.stdout + autograded.stderr, assignment)
-    if autograded.returncode != 0 and not failed:
-        raise RuntimeError(f"`nbgrader autograde {assignment}` failed in {course_root}; its log:\n"
-                           f"{autograded.stdout[-4000:]}{autograded.stderr[-8000:]}")
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            graded = list(pool.map(lambda s: _grade_student(s, assignment, course_root, Path(release),
+                                                            course_root / "solutions", sandboxed, limits), students))
+    flagged = {}
+    url = db_url or f"sqlite:///{course_root / 'gradebook.db'}"
+    with Gradebook(url, course_id=_course_id(course_root)) as gradebook:
+        for student, results, run_notes in graded:
+            if run_notes:
+                notes.setdefault(student, []).extend(run_notes)
+            if tests := _record(gradebook, course_root, assignment, student, results):
+                flagged[student] = tests
     run_nbgrader(course_root, "generate_feedback", assignment, "--force", *db)
     run_nbgrader(course_root, "export", f"--to={csv_path}", *db)
-    return GradingRun(csv_path=csv_path, failed_students=failed, submissions=len(submitted),
-                      seconds=time.perf_counter() - started, normalisation_notes=notes)
+    return GradingRun(csv_path=csv_path, flagged=flagged, submissions=len(submitted),
+                      seconds=time.perf_counter() - started, workers=workers, notes=notes, sandboxed=sandboxed)
+
+
+def _course_id(course_root: Path) -> str:
+    """The course_id that the course folder's nbgrader_config.py sets ("" when it sets none)."""
+    match = re.search(r"""^c\.CourseDirectory\.course_id\s*=\s*["']([^"']*)["']""",
+                      (course_root / CONFIG_NAME).read_text(encoding="utf-8"), re.MULTILINE)
+    return match.group(1) if match else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     grade_parser.add_argument("assignment")
     grade_parser.add_argument("--db-url", help="the gradebook's database, e.g. postgresql://user@host/dbname "
                               "(needs the psycopg driver); default: sqlite:///gradebook.db in the course folder")
+    grade_parser.add_argument("--workers", type=int, help="students graded at once (default: one per core)")
+    grade_parser.add_argument("--no-sandbox", action="store_true",
+                              help="grade WITHOUT the bubblewrap sandbox: only where no student code can do harm")
     args = parser.parse_args(argv)
 
     if args.command == "lessons":
@@ -296,17 +398,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print("lessons/ matches solutions/")
     elif args.command == "grade":
-        run = grade(args.repo_root, args.assignment, db_url=args.db_url)
-        print(f"graded {run.submissions} submission(s) of {args.assignment} in {run.seconds:.0f} s "
-              f"({run.seconds_per_submission:.1f} s each, autograde + feedback + export)")
+        if args.no_sandbox:
+            print("WARNING: grading without a sandbox (--no-sandbox): the students' code can read and change "
+                  "everything this account can", file=sys.stderr)
+        run = grade(args.repo_root, args.assignment, db_url=args.db_url, workers=args.workers,
+                    sandboxed=not args.no_sandbox)
+        print(f"graded {run.submissions} submission(s) of {args.assignment} in {run.seconds:.0f} s with "
+              f"{run.workers} worker(s) ({run.seconds_per_submission:.1f} s each: normalise, sandboxed grading, "
+              "gradebook, feedback, export)")
         print(f"grades written to {run.csv_path}; feedback in {args.repo_root / 'feedback'}")
-        for student, notes in run.normalisation_notes.items():
+        for student, notes in run.notes.items():
             print(f"{student}: " + "; ".join(notes), file=sys.stderr)
-        if run.failed_students:
-            print(f"could not autograde (kernel died; scored 0, flagged for manual grading): "
-                  f"{', '.join(run.failed_students)}; see autograde's log with `nbgrader autograde {args.assignment} "
-                  f"--student=NAME --force --CourseDirectory.submitted_directory={NORMALISED_DIR}`", file=sys.stderr)
-            return 1
+        for student, tests in run.flagged.items():
+            print(f"{student}: {', '.join(tests)} could not finish (crashed or timed out): scored 0 and flagged "
+                  "for manual grading", file=sys.stderr)
     return 0
 
 
