@@ -21,7 +21,7 @@ help:
 	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
 	@echo "make lessons   regenerate the student notebooks in lessons/ from solutions/"
-	@echo "make grade ASSIGNMENT=19_1_representations [DB_URL=postgresql://user@host/db]   autograde submitted/*/ASSIGNMENT, write feedback/ and grades.csv"
+	@echo "make grade ASSIGNMENT=19_1_representations [DB_URL=postgresql://user@host/db] [WORKERS=n] [SANDBOX=no]   grade submitted/*/ASSIGNMENT in a sandbox, write feedback/ and grades.csv"
 
 venv: $(STAMP)
 
@@ -82,7 +82,7 @@ check-lessons: venv
 
 grade: venv
 	@test -n "$(ASSIGNMENT)" || { echo "usage: make grade ASSIGNMENT=19_1_representations"; exit 2; }
-	$(BIN)/python tools/nbgrader_course.py grade $(ASSIGNMENT) $(if $(DB_URL),--db-url $(DB_URL))
+	$(BIN)/python tools/nbgrader_course.py grade $(ASSIGNMENT) $(if $(DB_URL),--db-url $(DB_URL)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(filter no,$(SANDBOX)),--no-sandbox)
 
 clean:
 	rm -rf _build .pytest_cache

@@ -132,7 +132,7 @@ def graded(postgres_url, tmp_path_factory):
 
 @pytest.mark.notebook
 def test_scores_read_back_from_postgres_are_the_expected_ones(graded):
-    assert graded["result"].failed_students == []
+    assert graded["result"].flagged == {}
     with Gradebook(graded["url"]) as gradebook:
         assert gradebook.engine.dialect.name == "postgresql"
         assert sorted(student.id for student in gradebook.students) == sorted(graded["expected"])

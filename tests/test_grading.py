@@ -1,35 +1,26 @@
-"""End to end: release chapter 19.1, autograde simulated students, check scores, feedback and CSV.
+"""End to end: release chapter 19.1, grade simulated students in the sandbox, check scores, feedback and CSV.
 
 A throwaway course folder (tmp_path) gets the course's nbgrader_config.py and a copy of
-solutions/. Simulated submissions go to submitted/<student>/<assignment>/ and one
-`nbgrader autograde` call grades them all (tools/nbgrader_course.py: `grade`). Each student's
-expected score per exercise is derived from the notebook's own nbgrader metadata:
-an exercise is a solution cell plus the test cells after it, worth those test cells' points.
+solutions/. Simulated submissions go to submitted/<student>/<assignment>/ and one call grades
+them all (tools/nbgrader_course.py: `grade`): each submission is normalised, then run in a
+bubblewrap sandbox (tools/sandboxed_grading.py), and the verdicts are written into nbgrader's
+gradebook, from which nbgrader writes the feedback and the CSV. Each student's expected score per
+exercise is derived from the notebook's own nbgrader metadata: an exercise is a solution cell
+plus the test cells after it, worth those test cells' points.
 
-Autograding is the slow part (one kernel per submission), so each simulated student checks as
-much as it can without blurring what a wrong score would mean: there is no separate "reference"
-student, because every exercise's right answer is in the submissions of the students who got
-another exercise wrong, and they must score its full points.
+There is no separate "reference" student: every exercise's right answer is in the submissions
+of the students who got another exercise wrong, and they must score its full points. The attacks
+on every chapter, at the level of one submission, are tests/test_attacks.py.
 
-What nbgrader 0.9.6 does (found by running it, asserted below):
-- an edited test cell is restored from the gradebook before grading: it cannot be cheated (a wrong
-  answer whose test cell was edited to pass still scores 0);
-- a deleted test cell is added back (`c.OverwriteCells.add_missing_cells = True` in the config)
-  and graded, so deleting a test neither removes its points nor gives them away;
-- a cell that runs past `c.Execute.timeout` is interrupted; it and its tests score 0, the rest
-  of the notebook is graded;
-- a kernel crash (os._exit) aborts that one submission: nbgrader logs the error, exits 1 after
-  grading everyone else, and the gradebook holds the submission with 0 points and flagged for
-  manual grading; no feedback is written for it.
-
-What normalising the submissions (tools/nbgrader_course.py: `normalise_submission`) adds, because
-nbgrader 0.9.6 alone fails these (found by running these students without it):
-- a stray or unbalanced `### BEGIN HIDDEN TESTS` in a solution cell made `generate_feedback`
-  fail for the whole class; now that student's code is graded and shown in full in the feedback;
-- a solution cell whose nbgrader metadata was removed or edited, or a test cell whose `grade_id`
-  was changed or `locked` removed, made nbgrader score the notebook 0 or flag it; now it earns
-  what its code earns;
-- a solution cell turned into a test cell with points, or an added cell with points, gains nothing.
+What is asserted here, through nbgrader's own gradebook, feedback and export:
+- an edited test cell is replaced by the released one, a deleted one is put back: the tests that
+  run are always the instructor's (normalising, tools/normalise_submissions.py);
+- an exception or an endless loop in one exercise costs that exercise only; a process that dies
+  (os._exit) costs only the exercise it died in, which is flagged for manual grading;
+- a stray or unbalanced `### BEGIN HIDDEN TESTS` in a solution cell breaks no one's feedback
+  and hides none of the student's code; edited nbgrader metadata neither stops grading nor earns
+  points; a `course_lib/` folder sent beside the notebook is never imported;
+- no feedback file holds a hidden test, because no graded notebook ever holds one.
 """
 
 from __future__ import annotations
@@ -50,11 +41,12 @@ from nbgrader.api import Gradebook
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import nbgrader_course  # noqa: E402  (tools/ is not a package)
+import sandboxed_grading  # noqa: E402
 
 CHAPTER = "19_1_representations"
-# Small, so that the infinite-loop student costs little, but well above the slowest cell of
-# chapter 19.1 in `smoke` (about 17 s on a busy 2-core machine).
-CELL_TIMEOUT_S = 40
+# Small, so that the endless-loop student costs little, but well above the slowest test cell of
+# chapter 19.1 in `smoke` (a few seconds on a busy 2-core machine).
+LIMITS = sandboxed_grading.Limits(seconds=40)
 # The first exercise's wrong answer with its tests edited, and the second's test deleted (see `course`).
 TAMPERED = "wrong-first-answer-tests-edited-and-deleted"
 # Right answers with stray and unbalanced nbgrader markers; the third one wraps its code in a
@@ -62,6 +54,8 @@ TAMPERED = "wrong-first-answer-tests-edited-and-deleted"
 STRAY_MARKERS = "stray-nbgrader-markers"
 WRAPPED_LINE = "# my own check: this line stays visible"
 MANGLED = "right-answers-metadata-mangled"
+SHADOW = "shadow-course-lib-first-answer-wrong"
+PROFILE = "reports-the-profile"
 SOLUTION_MADE_TEST = "solution-cell-made-a-test-cell-first-answer-wrong"
 
 
@@ -82,6 +76,11 @@ def _exercises(notebook) -> dict[str, dict]:
             exercises[current]["points"] += float(meta.get("points", 0))
             exercises[current]["tests"].append(meta["grade_id"])
     return exercises
+
+
+def _function_name(notebook, grade_id: str) -> str:
+    """The function a solution cell asks for (the first `def` of its released source)."""
+    return re.search(r"^def (\w+)\(", notebook.cells[_cell_index(notebook, grade_id)].source, re.MULTILINE).group(1)
 
 
 def _cell_index(notebook, grade_id: str) -> int:
@@ -125,8 +124,6 @@ def course(tmp_path_factory):
     assert (source_path / "wrong_answers.json").is_file(), f"solutions/{CHAPTER}/wrong_answers.json is missing"
 
     root = nbgrader_course.make_course_folder(tmp_path_factory.mktemp("course") / "course")
-    with open(root / nbgrader_course.CONFIG_NAME, "a", encoding="utf-8") as config:
-        config.write(f"\nc.Execute.timeout = {CELL_TIMEOUT_S}  # added by tests/test_grading.py\n")
     release = nbgrader_course.generate_release(root, [CHAPTER])
 
     name = notebooks[0].name
@@ -195,13 +192,25 @@ def course(tmp_path_factory):
     students[SOLUTION_MADE_TEST] = (made_test, {**full, ids[0]: 0.0})
     unproven = [ex for ex in ids if not any(expected[ex] == full[ex] for _, expected in students.values())]
     assert not unproven, f"no simulated student has the right answer to {unproven}: add one"
-    # Early in the notebook, so that the crash costs little time.
-    students["kernel-crash"] = (with_solutions(**{ids[0]: "import os\nos._exit(1)"}), {ex: 0.0 for ex in ids})
+    # The process dies in the first exercise: only that exercise is lost.
+    students["kernel-crash"] = (with_solutions(**{ids[0]: "import os\nos._exit(1)"}), {**full, ids[0]: 0.0})
+    # A wrong first answer sent with a course_lib/ package whose checks always pass: never imported.
+    students[SHADOW] = (with_solutions(**{ids[0]: wrong_answers[ids[0]][0]}), {**full, ids[0]: 0.0})
+    # Which profile grading runs in, told by the only channel a student has: a visible test's message.
+    fails_with_profile = source.cells[_cell_index(source, ids[0])].source + (
+        "\n\nimport course_lib.config\n_real_cfg = cfg\n"
+        f"def {_function_name(student_nb, ids[0])}(*args, **kwargs):\n"
+        "    raise AssertionError(f'grading profile {_real_cfg.profile}')\n")
+    students[PROFILE] = (with_solutions(**{ids[0]: fails_with_profile}), {**full, ids[0]: 0.0})
 
     for student, (notebook, _) in students.items():
         folder = root / "submitted" / student / CHAPTER
         folder.mkdir(parents=True)
         nbformat.write(notebook, folder / name)
+    shadow = root / "submitted" / SHADOW / CHAPTER / "course_lib"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("def setup(*args, **kwargs):\n    raise SystemExit('shadow course_lib imported')\n")
+    (shadow / "checks.py").write_text("def check_close(*args, **kwargs):\n    pass\n")
     sent = {path: path.read_bytes() for path in (root / "submitted").rglob("*") if path.is_file()}
 
     env = {"COURSE_CACHE_DIR": str(tmp_path_factory.mktemp("cache")), "HF_HUB_OFFLINE": "1"}
@@ -209,7 +218,7 @@ def course(tmp_path_factory):
     os.environ.update(env)
     os.environ.pop("COURSE_PROFILE", None)  # the smoke profile must be chosen by nbgrader's presence alone
     try:
-        result = nbgrader_course.grade(root, CHAPTER)
+        result = nbgrader_course.grade(root, CHAPTER, limits=LIMITS)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -218,7 +227,7 @@ def course(tmp_path_factory):
                 os.environ[key] = value
     # The cost of grading is a figure to read, not a test (the same line `make grade` prints).
     print(f"\ngraded {result.submissions} submissions of {CHAPTER} in {result.seconds:.0f} s "
-          f"({result.seconds_per_submission:.1f} s each, autograde + feedback + export)")
+          f"with {result.workers} workers ({result.seconds_per_submission:.1f} s each, sandboxed grading + feedback + export)")
     visible = {line.strip() for cell in student_nb.cells for line in cell.source.splitlines()}
     hidden = [line for cell in source.cells for line in _hidden_lines(cell.source) if line not in visible]
     return dict(root=root, name=name, source=source, exercises=exercises, students=students,
@@ -232,7 +241,7 @@ def _scores(course, student: str) -> dict[str, float]:
     return {ex: sum(by_test[test] for test in info["tests"]) for ex, info in course["exercises"].items()}
 
 
-STUDENTS = ["untouched", "raises-and-loops", "kernel-crash", STRAY_MARKERS, MANGLED, SOLUTION_MADE_TEST]
+STUDENTS = ["untouched", "raises-and-loops", "kernel-crash", STRAY_MARKERS, MANGLED, SOLUTION_MADE_TEST, SHADOW]
 
 
 @pytest.mark.notebook
@@ -260,19 +269,25 @@ def test_each_wrong_answer_loses_exactly_its_exercise(course):
 
 
 @pytest.mark.notebook
-def test_kernel_crash_is_reported_and_flagged_for_manual_grading(course):
-    assert course["result"].failed_students == ["kernel-crash"]
+def test_a_crash_or_endless_loop_is_flagged_for_manual_grading_and_costs_only_its_exercise(course):
+    first, second, *_ = course["exercises"]
+    assert course["result"].flagged == {"kernel-crash": course["exercises"][first]["tests"],
+                                         "raises-and-loops": course["exercises"][second]["tests"]}
     with Gradebook(f"sqlite:///{course['root'] / 'gradebook.db'}") as gradebook:
         crashed = gradebook.find_submission(CHAPTER, "kernel-crash")
-        assert crashed.score == 0 and crashed.needs_manual_grade
+        assert crashed.needs_manual_grade
+        assert crashed.score == sum(info["points"] for ex, info in course["exercises"].items() if ex != first)
         assert not gradebook.find_submission(CHAPTER, "untouched").needs_manual_grade
 
 
 @pytest.mark.notebook
-def test_autograding_runs_in_the_smoke_profile(course):
-    autograded = course["root"] / "autograded" / "untouched" / CHAPTER / course["name"]
-    outputs = json.dumps(nbformat.read(autograded, as_version=4).cells[1].get("outputs", []))
-    assert "profile   smoke (running under nbgrader" in outputs
+def test_grading_runs_in_the_smoke_profile(course):
+    autograded = course["root"] / "autograded" / PROFILE / CHAPTER / course["name"]
+    assert "grading profile smoke" in _visible_text_with_outputs(autograded)
+
+
+def _visible_text_with_outputs(path: Path) -> str:
+    return json.dumps(nbformat.read(path, as_version=4).cells)
 
 
 @pytest.mark.notebook
@@ -280,22 +295,23 @@ def test_feedback_and_lessons_do_not_show_hidden_tests(course):
     hidden = course["hidden"]
     assert len(hidden) >= 3, "the chapter should have hidden tests"
     feedback = sorted((course["root"] / "feedback").glob(f"*/{CHAPTER}/*.html"))
-    assert {path.parts[-3] for path in feedback} == set(course["students"]) - {"kernel-crash"}
+    autograded = sorted((course["root"] / "autograded").glob(f"*/{CHAPTER}/*.ipynb"))
+    assert {path.parts[-3] for path in feedback} == set(course["students"])
+    assert _leaked(hidden, autograded) == [], "a graded notebook holds hidden tests: feedback is built from it"
     lessons = sorted((ROOT / "lessons" / CHAPTER).glob("*")) + sorted((course["root"] / "lessons" / CHAPTER).glob("*"))
     assert [p.name for p in lessons if p.name == "wrong_answers.json"] == []
     assert _leaked(hidden, feedback + lessons) == []
 
 
 @pytest.mark.notebook
-def test_hidden_test_check_would_catch_nbgrader_default_feedback(course):
-    # Proof that the check above can fail: nbgrader's default feedback shows the hidden tests.
-    nbgrader_course.run_nbgrader(
-        course["root"], "generate_feedback", CHAPTER, "--force", f"--student=wrong-{list(course['exercises'])[1]}",
-        "--CourseDirectory.feedback_directory=feedback_default",
-        "--GenerateFeedback.preprocessors=nbgrader.preprocessors.GetGrades",
-        "--GenerateFeedback.preprocessors=nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-    )
-    assert _leaked(course["hidden"], sorted((course["root"] / "feedback_default").rglob("*.html")))
+def test_hidden_test_check_would_catch_the_instructor_notebook(course):
+    # Proof that the check above can fail: the instructor notebook holds the hidden lines it looks for.
+    assert _leaked(course["hidden"], [course["root"] / "solutions" / CHAPTER / course["name"]])
+
+
+@pytest.mark.notebook
+def test_a_shadow_course_lib_sent_with_the_notebook_is_not_imported(course):
+    assert _scores(course, SHADOW) == course["students"][SHADOW][1]
 
 
 @pytest.mark.notebook
@@ -325,7 +341,7 @@ def test_mangled_metadata_is_graded_not_flagged(course):
         for student in (MANGLED, STRAY_MARKERS, SOLUTION_MADE_TEST):
             assert not gradebook.find_submission(CHAPTER, student).needs_manual_grade, student
     # Each matched its solution cells: nothing was graded as unanswered.
-    assert course["result"].normalisation_notes == {}
+    assert not any(course["result"].notes.get(student) for student in (MANGLED, STRAY_MARKERS, SOLUTION_MADE_TEST))
 
 
 @pytest.mark.notebook

@@ -56,7 +56,7 @@ def run_cell(source: str, label: str, namespace: dict) -> BaseException | None:
 def describe(error: BaseException) -> str:
     """``Type: message``, bounded; a message that cannot be turned into text says so."""
     try:
-        text = f"{type(error).__name__}: {error}"
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     except BaseException:  # a hostile __str__
         text = f"{type(error).__name__}: (a message that could not be shown)"
     return text[:MESSAGE_LIMIT]

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from normalise_submissions import normalise_submissions
@@ -352,7 +353,9 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_u
                                                             course_root / "solutions", sandboxed, limits), students))
     flagged = {}
     url = db_url or f"sqlite:///{course_root / 'gradebook.db'}"
-    with Gradebook(url, course_id=_course_id(course_root)) as gradebook:
+    with Gradebook(url, course_id=_course_id(course_root)) as gradebook, warnings.catch_warnings():
+        # nbgrader's own add_submission trips SQLAlchemy's autoflush warnings (as under `nbgrader autograde`).
+        warnings.simplefilter("ignore", category=Warning)
         for student, results, run_notes in graded:
             if run_notes:
                 notes.setdefault(student, []).extend(run_notes)

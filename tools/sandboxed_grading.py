@@ -262,6 +262,7 @@ def _drive(process, plan, runner_tests, channels, control_in, control_out, limit
     for grade_id, channel in channels.items():
         selector.register(channel.from_child, selectors.EVENT_READ, grade_id)
     control_buffer, zygote_done = b"", False
+    stopped_cells: dict[int, str] = {}  # a cell that stopped one test's process stops the later ones too
     phase, current = "visible", None
 
     def next_in_turn():
@@ -275,6 +276,8 @@ def _drive(process, plan, runner_tests, channels, control_in, control_out, limit
             channel.verdict.message = message
         if status in ("crashed", "timed out"):
             _send(control_in, {"kill": grade_id})
+            if channel.verdict.last_cell is not None:
+                stopped_cells.setdefault(channel.verdict.last_cell, status)
 
     while True:
         if current is None:
@@ -358,6 +361,10 @@ def _drive(process, plan, runner_tests, channels, control_in, control_out, limit
                     continue
                 if event.get("event") == "cell" and isinstance(event.get("cell"), int):
                     channel.verdict.last_cell = event["cell"]
+                    if event["cell"] in stopped_cells and current == grade_id:
+                        finish(grade_id, stopped_cells[event["cell"]],
+                               f"cell {event['cell']} stopped an earlier test's process; not waited for again")
+                        current = None
                 elif event.get("event") == "visible" and phase == "visible" and current == grade_id:
                     if event.get("passed") is True:
                         channel.visible_passed, channel.done = True, True
