@@ -325,7 +325,8 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_u
 
     from nbgrader.api import Gradebook
     from sandbox import check_sandbox_starts
-    from sandboxed_grading import Limits, Sandbox, _python_paths
+    from sandbox import Sandbox
+    from sandboxed_grading import Limits, _python_paths
 
     course_root = Path(course_root).resolve()
     submitted = sorted((course_root / "submitted").glob(f"*/{assignment}"))

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox import ProcessLimit, Sandbox, check_sandbox_starts
+from sandbox import ProcessLimit, Sandbox
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "grading_runner.py"
