@@ -324,9 +324,8 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_u
     from concurrent.futures import ThreadPoolExecutor
 
     from nbgrader.api import Gradebook
-    from sandbox import check_sandbox_starts
-    from sandbox import Sandbox
-    from sandboxed_grading import Limits, _python_paths
+    from sandbox import Sandbox, check_sandbox_starts
+    from sandboxed_grading import Limits, python_paths
 
     course_root = Path(course_root).resolve()
     submitted = sorted((course_root / "submitted").glob(f"*/{assignment}"))
@@ -338,7 +337,7 @@ def grade(course_root: Path, assignment: str, csv_path: Path | None = None, db_u
     limits = limits or Limits()
     if sandboxed:  # fail before any work, and loudly, where the sandbox cannot start
         with tempfile.TemporaryDirectory(prefix="course-sandbox-check-") as probe:
-            check_sandbox_starts(Sandbox(Path(probe), _python_paths()), sys.executable)
+            check_sandbox_starts(Sandbox(Path(probe), python_paths()), sys.executable)
     workers = workers or min(len(os.sched_getaffinity(0)), len(submitted))
     csv_path = Path(csv_path).resolve() if csv_path is not None else course_root / "grades.csv"
     # Every nbgrader call must use the same gradebook: nbgrader reads no environment variable for it.

@@ -168,7 +168,7 @@ class _Channel:
     done: bool = False
 
 
-def _python_paths() -> tuple[Path, ...]:
+def python_paths() -> tuple[Path, ...]:
     """What the sandbox must see of this Python: the environment, the base interpreter, the course library."""
     import importlib.util
 
@@ -208,7 +208,7 @@ def run_submission(plan: dict, *, sandboxed: bool = True, limits: Limits = Limit
     argv = [sys.executable, str(RUNNER), str(control_in_r), str(control_out_w)]
     process_limit = None
     if sandboxed:
-        sandbox = Sandbox(workdir=workdir, read_only=_python_paths(), environment=env)
+        sandbox = Sandbox(workdir=workdir, read_only=python_paths(), environment=env)
         command = sandbox.command(argv)
         process_limit = ProcessLimit.create(limits.max_processes)
         if process_limit is None:
