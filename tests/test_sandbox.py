@@ -94,3 +94,17 @@ def test_cells_that_use_a_solution_run_with_the_students_code():
     assert sandboxed_grading.uses_any("curve = [capture(m) for m in models]", names)
     assert not sandboxed_grading.uses_any("curve = [capture_activations(m) for m in models]", names)
     assert sandboxed_grading.uses_any("this is not python (", names)
+
+
+@needs_bwrap
+def test_a_library_under_tmp_is_still_seen(tmp_path):
+    # A fresh clone in /tmp (as CI makes): the sandbox's empty /tmp must not hide the library bound inside it.
+    library = tmp_path / "clone" / "course_lib"
+    library.mkdir(parents=True)
+    (library / "marker.py").write_text("VALUE = 42\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    box = sandbox.Sandbox(workdir=work, read_only=(*sandboxed_grading.python_paths(), library))
+    result = subprocess.run(box.command([sys.executable, "-c", f"print(open({str(library / 'marker.py')!r}).read())"]),
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "VALUE = 42", result.stderr

@@ -77,11 +77,11 @@ class Sandbox:
                 command += ["--ro-bind", directory, directory]
         for file in ETC_FILES:
             command += ["--ro-bind-try", file, file]
+        # The empty /tmp first: a course or Python environment that lives under /tmp is bound over it.
+        command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         for path in self.read_only:
             command += ["--ro-bind", str(path), str(path)]
-        command += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                    "--bind", str(self.workdir), WORKDIR_INSIDE, "--chdir", WORKDIR_INSIDE,
-                    "--clearenv"]
+        command += ["--bind", str(self.workdir), WORKDIR_INSIDE, "--chdir", WORKDIR_INSIDE, "--clearenv"]
         for key, value in {"HOME": "/tmp", "PATH": "/usr/bin:/bin", **self.environment}.items():
             command += ["--setenv", key, value]
         return command + ["--", *argv]
