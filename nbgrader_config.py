@@ -43,8 +43,10 @@ c.CourseDirectory.feedback_directory = "feedback"
 # Instructor-only files next to a source notebook that students must not receive.
 c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "wrong_answers.json"]
 
-# Grading runs every notebook in the fast `smoke` profile (course_lib.setup sees
-# NBGRADER_EXECUTION); a cell that runs longer than this is stopped and scores zero.
+# The course grades with tools/nbgrader_course.py (`make grade`), which runs the student's code in
+# a sandbox and the tests in the grader, with its own time limits (tools/sandboxed_grading.py,
+# Limits). These settings apply if someone runs `nbgrader autograde` by hand: it then runs every
+# notebook, unsandboxed, in the fast `smoke` profile (course_lib.setup sees NBGRADER_EXECUTION).
 c.Execute.timeout = 60
 # A test cell a student edited is restored from the gradebook (nbgrader always does this); one a
 # student deleted is put back and graded: deleting a test neither hides a failure nor loses points.

@@ -22,7 +22,7 @@ from course_lib.core import count_parameters
 
 __all__ = [
     "check_eval_mode", "check_frozen", "check_learning_rates", "check_param_groups_cover", "check_parameter_counts",
-    "check_same_state", "check_train_mode", "snapshot_state",
+    "check_same_state", "check_train_mode", "record_training_steps", "recorded_training_steps", "snapshot_state",
 ]
 
 
@@ -211,3 +211,56 @@ def check_same_state(before: Mapping | nn.Module, after: Mapping | nn.Module, *,
                 f"torch.no_grad(): call {name}.eval() first"
             )
         fail(f"{len(changed)} entries of {name} changed: {listed(changed)}", hint)
+
+
+# What record_training_steps keeps per forward pass in training mode (one row of its buffer).
+_STEP_FIELDS = ("trainable", "backbone_sum", "backbone_square_sum", "batchnorm_training", "head_id")
+_CAPACITY = 4096
+
+
+def record_training_steps(model: nn.Module, head_name: str = "head") -> nn.Module:
+    """Make ``model`` note, at every forward pass in training mode with gradients on, what a test needs to
+    see of training that happened inside someone else's function; returns ``model``.
+
+    Each note holds the number of trainable parameter elements, two fingerprints of every weight
+    and buffer outside the head (BatchNorm statistics included), how many BatchNorm layers were in
+    training mode, and the identity of the head's weight (a new head has a new one). The notes are
+    a buffer of the model, so they travel with its ``state_dict``, and a test can read them with
+    :func:`recorded_training_steps` even when the training ran in another process (19.3's LP-FT
+    hidden test, under the course's sandboxed grader).
+    """
+    model = _as_module(model, "model")
+    model.register_buffer("training_steps", torch.zeros(_CAPACITY, len(_STEP_FIELDS), dtype=torch.float64))
+    model.register_buffer("training_step_count", torch.zeros((), dtype=torch.long))
+    model.training_steps_head = head_name
+    model.register_forward_pre_hook(_note_training_step)
+    return model
+
+
+def _note_training_step(model: nn.Module, inputs) -> None:
+    if not model.training or not torch.is_grad_enabled():
+        return
+    count = int(model.training_step_count)
+    if count >= _CAPACITY:
+        return
+    head = model.training_steps_head
+    with torch.no_grad():
+        backbone = [value.double() for key, value in model.state_dict().items()
+                    if not key.startswith((f"{head}.", "training_step"))]
+        row = torch.tensor([
+            sum(p.numel() for p in model.parameters() if p.requires_grad),
+            float(sum(value.sum() for value in backbone)),
+            float(sum((value * value).sum() for value in backbone)),
+            sum(m.training for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)),
+            float(id(model.get_submodule(head).weight)),
+        ], dtype=torch.float64)
+        model.training_steps[count] = row
+        model.training_step_count += 1
+
+
+def recorded_training_steps(model: nn.Module) -> list[dict]:
+    """The notes :func:`record_training_steps` made, one dict per training forward pass, oldest first."""
+    if not hasattr(model, "training_steps"):
+        raise ValueError("this model records no training steps: call record_training_steps(model) before training it.")
+    count = int(model.training_step_count)
+    return [dict(zip(_STEP_FIELDS, row.tolist())) for row in model.training_steps[:count]]

@@ -178,9 +178,30 @@ def test_ipython_input_transformers_do_not_reach_the_tests(chapter):
     check_scores(grade(chapter, notebook)[0], expected)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11, still open: the tests run in the student's process, so a "
-                   "report forged on the pipe is believed; trusted verdicts (the grader re-running the test "
-                   "cell on the student's plain-data results) will close this")
 def test_a_forged_report_does_not_score(chapter):
     notebook, expected = sim.forged_report(chapter)
     check_scores(grade(chapter, notebook)[0], expected)
+
+
+def test_patched_checks_do_not_reach_the_verdict(chapter):
+    notebook, expected = sim.patched_checks(chapter)
+    check_scores(grade(chapter, notebook)[0], expected)
+
+
+# Exercises whose point is a function the library already has, and how a student would call it
+# instead of writing their own (``args`` are the exercise function's parameters).
+LIBRARY_VERSIONS = {
+    ("19_1_representations", "ex3_linear_cka"): ("course_lib.metrics", "linear_cka", "x, y"),
+    ("19_3_fine_tuning", "ex1_layerwise_lr"): ("course_lib.finetuning", "layerwise_lr_groups", "model, head_lr, factor"),
+}
+
+
+@pytest.mark.parametrize("how", ["direct", "alias", "closure"])
+def test_the_librarys_own_version_does_not_pass(chapter, how):
+    found = [(ex, LIBRARY_VERSIONS[(chapter.name, ex.solution_id)]) for ex in chapter.exercises
+             if (chapter.name, ex.solution_id) in LIBRARY_VERSIONS]
+    if not found:
+        pytest.skip(f"{chapter.name} has no exercise that re-implements a library function")
+    for exercise, (module, function, args) in found:
+        notebook, expected = sim.library_version(chapter, exercise, module, function, args, how)
+        check_scores(grade(chapter, notebook)[0], expected)

@@ -1,28 +1,27 @@
-"""The program that runs a submission's code inside the grading sandbox (started by sandboxed_grading.py).
+"""The student's half of grading, run inside the sandbox (started by sandboxed_grading.py).
 
-It never decides a grade: it runs cells and reports, over pipes, what happened. The grader, a
-process that runs no student code, turns the reports into points.
+It never sees a test and never decides a grade. One process (the *zygote*) runs the notebook's
+own cells, the ones that use no name a solution cell defines (imports, data, the model), once per
+submission. At each test cell it forks a child that runs the student's cells so far (and the
+cells that use them), with memory and CPU time bounded, and then serves calls: the grader's test
+code (``tools/trusted_runner.py``) sends a function name and arguments, the child calls the
+student's function and sends back the result, what the call did to its arguments and the random
+generator's state, as plain data (``tools/plain_data.py``). A crash, endless loop or runaway
+allocation in one child costs only the test cell it serves.
 
-One runner process (the *zygote*) runs the notebook's own cells, the ones that use no name a
-solution cell defines (imports, data, the model): they run once per submission. When it reaches
-a test cell it forks a child for that test cell. The child runs the student's cells so far (and
-the cells that use them), with memory and CPU time bounded, then the test cell as the student
-sees it (the visible tests) and reports *passed* or the failure message; then it waits. Only
-after every child has reported does the grader send each child its hidden tests, one at a time;
-from then on a child reports one word, *passed* or *failed*. So no hidden line or input exists
-in the sandbox while anything that can reach a student's feedback is produced, and a crash,
-endless loop or runaway allocation costs only the exercise it happens in.
-
-Protocol: JSON lines. The zygote reads the plan from the control pipe (fd ``argv[1]``) and
-writes events to ``argv[2]``; each test cell has its own pair of pipes (fds in the plan).
+Protocol: JSON lines on the control pipes (fds ``argv[1]``, ``argv[2]``) and on each child's
+progress pipe; length-prefixed frames on each child's call pipes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pickle
 import resource
 import signal
+import struct
 import sys
 import traceback
 
@@ -62,36 +61,112 @@ def describe(error: BaseException) -> str:
     return text[:MESSAGE_LIMIT]
 
 
-def run_test_child(test: dict, student_cells: list[dict], namespace: dict, limits: dict) -> None:
-    """In the forked child: the student's cells, the visible tests, then (if sent) the hidden tests."""
-    to_grader, from_grader = test["out_fd"], test["in_fd"]
-    if receive(from_grader) is None:  # the grader says when to start, so that children take turns
-        return
+def _unavailable(*args, **kwargs):
+    raise RuntimeError("this library function is not available to this exercise: write the code yourself")
+
+
+class _Unpickler(pickle.Unpickler):
+    """Reads the grader's arguments; a stand-in for one of the student's modules or functions becomes the real one."""
+
+    def __init__(self, data: bytes, handles: list, namespace: dict):
+        super().__init__(io.BytesIO(data))
+        self.handles, self.namespace = handles, namespace
+
+    def persistent_load(self, pid):
+        kind, key = pid
+        return self.handles[key] if kind == "student_module" else self.namespace[key]
+
+
+def read_exactly(fd: int, size: int) -> bytes | None:
+    chunks, left = [], size
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def serve_calls(test: dict, namespace: dict) -> None:
+    """Trusted grading: call the student's functions for the grader, and send back plain data only."""
+    import torch
+
+    import plain_data
+
+    handles: list = []
+    requests, replies = test["rpc_in"], test["rpc_out"]
+    while (header := read_exactly(requests, 8)) is not None:
+        request = _Unpickler(read_exactly(requests, struct.unpack(">Q", header)[0]), handles, namespace).load()
+        for module_name, qualname in request.get("forbidden", []):
+            target = sys.modules.get(module_name)
+            for part in qualname.split("."):
+                target = getattr(target, part, None)
+            if hasattr(target, "__code__"):
+                target.__code__ = _unavailable.__code__
+        torch.set_rng_state(request["rng"])
+        args, kwargs = request["args"], request["kwargs"]
+        arguments = [*args, *kwargs.values()]
+        before = plain_data.snapshot_arguments(arguments)
+        try:
+            if "call" in request:
+                function = namespace[request["call"]]
+                with torch.enable_grad():
+                    result = function(*args, **kwargs)
+            else:
+                function = handles[request["call_handle"]]
+                if function.training != request["training"]:
+                    function.train(request["training"])
+                with torch.set_grad_enabled(request["grad"]):
+                    result = function(*args, **kwargs)
+            reply = {"result": plain_data.to_plain(result, arguments, handles),
+                     "changes": plain_data.argument_changes(arguments, before), "rng": torch.get_rng_state()}
+        except BaseException as error:  # what the student's code raised goes back as a message
+            reply = {"error": describe(error)}
+        payload = plain_data.dumps(reply)
+        os.write(replies, struct.pack(">Q", len(payload)))
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(replies, view):]
+
+
+def run_serving_child(test: dict, student_cells: list[dict], namespace: dict, limits: dict) -> None:
+    """Trusted grading, in the forked child: the student's cells, then their functions served to the grader."""
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"], limits["memory_bytes"]))
     resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_seconds"], limits["cpu_seconds"]))
     for cell in student_cells:
-        send(to_grader, {"event": "cell", "cell": cell["index"]})
-        run_cell(cell["source"], f"<cell {cell['index']}>", namespace)  # errors show in the tests
-    send(to_grader, {"event": "cell", "cell": test["cell"]})
-    error = run_cell(test["visible"], f"<tests {test['grade_id']}>", namespace)
-    if error is None:
-        send(to_grader, {"event": "visible", "passed": True})
-    else:
-        send(to_grader, {"event": "visible", "passed": False, "message": describe(error)})
-    hidden = receive(from_grader)
-    if hidden and hidden.get("source"):
-        error = run_cell(hidden["source"], f"<hidden tests {test['grade_id']}>", namespace)
-        send(to_grader, {"event": "hidden", "passed": error is None})
+        send(test["out_fd"], {"event": "cell", "cell": cell["index"]})
+        run_cell(cell["source"], f"<cell {cell['index']}>", namespace)
+    send(test["out_fd"], {"event": "cell", "cell": test["cell"]})
+    serve_calls(test, namespace)
+
+
+def serve_kill_requests(control_in: int, children: dict[str, int]) -> None:
+    """Until the grader closes the control pipe, kill the test children it names; then kill them all."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel from now on
+    while (request := receive(control_in)) is not None:
+        if "kill" in request and request["kill"] in children:
+            _kill(children[request["kill"]])
+    for pid in children.values():
+        _kill(pid)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def main(argv: list[str]) -> int:
     control_in, control_out = int(argv[1]), int(argv[2])
     plan = receive(control_in)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)  # what cells print goes nowhere: feedback is built from the reports only
+    os.dup2(devnull, 1)  # what cells print goes nowhere: feedback is built from the grader's verdicts
     os.dup2(devnull, 2)
     tests = {test["cell"]: test for test in plan["tests"]}
-    own_fds = {fd for test in plan["tests"] for fd in (test["in_fd"], test["out_fd"])}
+    fd_keys = ("out_fd", "rpc_in", "rpc_out")
+    own_fds = {test[key] for test in plan["tests"] for key in fd_keys if key in test}
     namespace: dict = {"__name__": "__main__"}
     student_cells: list[dict] = []
     children = {}
@@ -109,33 +184,25 @@ def main(argv: list[str]) -> int:
             pid = os.fork()
             if pid == 0:
                 try:
-                    for fd in own_fds - {test["in_fd"], test["out_fd"]} | {control_in, control_out}:
+                    mine = {test[key] for key in fd_keys if key in test}
+                    for fd in (own_fds - mine) | {control_in, control_out}:
                         try:
                             os.close(fd)
                         except OSError:  # an earlier test's pipe, already closed here
                             pass
-                    run_test_child(test, list(student_cells), namespace, plan["limits"])
+                    run_serving_child(test, list(student_cells), namespace, plan["limits"])
                 finally:
                     os._exit(0)
             children[test["grade_id"]] = pid
-            os.close(test["in_fd"])
-            os.close(test["out_fd"])
+            for key in fd_keys:
+                if key in test:
+                    os.close(test[key])
             send(control_out, {"event": "started", "grade_id": test["grade_id"]})
     send(control_out, {"event": "all_started"})
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel from now on
-    while (request := receive(control_in)) is not None:
-        if "kill" in request and request["kill"] in children:
-            try:
-                os.kill(children[request["kill"]], signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in children.values():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    serve_kill_requests(control_in, children)
     return 0
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # plain_data, beside this file
     sys.exit(main(sys.argv))

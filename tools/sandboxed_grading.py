@@ -1,22 +1,24 @@
-"""Grading one submission in a sandbox, with every verdict reached by a process that runs no student code.
+"""Grading one submission: the student's code in a sandbox, every verdict reached in the grader.
 
 Used by ``tools/nbgrader_course.py grade``. For each notebook of a (normalised) submission:
 
 1. :func:`grading_plan` sorts the cells: the notebook's own cells that use nothing a solution
-   cell defines run once (``notebook``); the solution cells, and cells that use what they define,
-   are the student's (``student``); each test cell (``test``) gets its visible source (as released)
-   and its hidden tests (from the instructor notebook), kept apart.
-2. :func:`run_submission` starts ``tools/grading_runner.py`` in the sandbox (``tools/sandbox.py``)
-   and drives it: each test cell's child runs in turn; its visible tests' verdict and message
-   come back; only when every visible verdict is in are hidden tests sent, one child at a time,
-   and from then on only *passed* or *failed* comes back. A child that dies, runs past its time
-   or is killed for memory scores that test cell 0, and only that one.
-3. :func:`points` turns the verdicts into points, and ``nbgrader_course`` writes them into
-   nbgrader's gradebook and builds the feedback from them (never from what the sandbox printed).
-
-What this does not yet do (issue 11, next step): the tests themselves still run in the student's
-process, so a student who patches the check helpers, or forges a report on the pipe, can still
-be credited with a test cell they did not pass. See ``book/instructors.md``.
+   cell defines (``notebook``); the solution cells, and cells that use what they define
+   (``student``); each test cell (``test``), with its visible source (as released) and its hidden
+   tests (from the instructor notebook), kept apart.
+2. :func:`run_submission` starts two processes. In the sandbox (``tools/sandbox.py``),
+   ``tools/grading_runner.py`` runs the notebook and the student's cells, and then only calls the
+   student's functions when asked. Outside it, ``tools/trusted_runner.py`` runs the same notebook
+   cells and the test cells, in which each of the student's functions is a stand-in that sends its
+   arguments into the sandbox and gets back plain data (``tools/plain_data.py``). Every check runs
+   in the grader, and no test's source, and no expected value, ever enters the student's process.
+   The visible tests of every test cell run first; their messages (the only text feedback shows)
+   are all in before any hidden input is sent into the sandbox, and hidden tests return only
+   *passed* or *failed*.
+3. :func:`grade_notebook` runs again the tests that another exercise's code stopped, without that
+   code, so that a crash, endless loop or runaway allocation costs only its own exercise; and
+   ``nbgrader_course`` writes the verdicts into nbgrader's gradebook and builds the feedback from
+   them (never from what the student's code printed).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import ast
 import dataclasses
 import json
 import os
-import selectors
+import select
 import shutil
 import subprocess
 import sys
@@ -54,8 +56,8 @@ class Limits:
 class Verdict:
     """What happened to one test cell: ``status`` is passed, failed, hidden failed, crashed or timed out.
 
-    ``message`` is the visible tests' failure message (it was produced before any hidden test
-    existed in the sandbox) or the grader's own words; it is what the student's feedback shows.
+    ``message`` is the visible tests' failure message (produced before any hidden input entered the
+    sandbox) or the grader's own words; it is what the student's feedback shows.
     """
 
     grade_id: str
@@ -150,97 +152,24 @@ def grading_plan(released, source, submitted) -> dict:
             tests.append({"grade_id": grade_id, "cell": index, "visible": visible, "hidden": hidden,
                           "points": float(meta.get("points", 0))})
         elif meta.get("solution") or uses_any(cell.source, solution_names):
-            cells.append({"index": index, "role": "student", "source": cell.source})
+            cells.append({"index": index, "role": "student", "source": cell.source,
+                          "solution": bool(meta.get("solution"))})
         else:
             cells.append({"index": index, "role": "notebook", "source": cell.source})
-    return {"cells": cells, "tests": tests}
-
-
-@dataclasses.dataclass
-class _Channel:
-    verdict: Verdict
-    hidden: str
-    to_child: int
-    from_child: int
-    buffer: bytes = b""
-    deadline: float | None = None
-    visible_passed: bool = False
-    done: bool = False
+    return {"cells": cells, "tests": tests, "student_names": sorted(solution_names)}
 
 
 def python_paths() -> tuple[Path, ...]:
     """What the sandbox must see of this Python: the environment, the base interpreter, the course library."""
     import importlib.util
 
-    paths = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), RUNNER.resolve()}
+    paths = {Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve(), RUNNER.resolve(),
+             (HERE / "plain_data.py").resolve()}
     spec = importlib.util.find_spec("course_lib")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("course_lib is not installed in this Python: run `make venv`.")
     paths.update(Path(p).resolve() for p in spec.submodule_search_locations)
     return tuple(sorted(paths))
-
-
-def run_submission(plan: dict, *, sandboxed: bool = True, limits: Limits = Limits(),
-                   environment: dict[str, str] | None = None) -> tuple[dict[str, Verdict], list[str]]:
-    """Run one notebook's plan in a fresh sandbox; return ({test grade_id: Verdict}, notes for the instructor)."""
-    verdicts = {test["grade_id"]: Verdict(test["grade_id"]) for test in plan["tests"]}
-    notes: list[str] = []
-    if not plan["tests"]:
-        return verdicts, notes
-    workdir = Path(tempfile.mkdtemp(prefix="course-grading-"))
-    pipes, channels = [], {}
-    runner_tests = []
-    for test in plan["tests"]:
-        to_child_r, to_child_w = os.pipe()
-        from_child_r, from_child_w = os.pipe()
-        pipes += [to_child_r, from_child_w]
-        channels[test["grade_id"]] = _Channel(verdicts[test["grade_id"]], test["hidden"], to_child_w, from_child_r)
-        runner_tests.append({"grade_id": test["grade_id"], "cell": test["cell"], "visible": test["visible"],
-                             "in_fd": to_child_r, "out_fd": from_child_w})
-    control_in_r, control_in_w = os.pipe()
-    control_out_r, control_out_w = os.pipe()
-    child_fds = pipes + [control_in_r, control_out_w]
-    for fd in child_fds:
-        os.set_inheritable(fd, True)
-    env = {"NBGRADER_EXECUTION": "autograde", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "COURSE_CACHE_DIR": "/tmp/course-cache",
-           "MPLCONFIGDIR": "/tmp/matplotlib", "TQDM_DISABLE": "1", **(environment or {})}
-    argv = [sys.executable, str(RUNNER), str(control_in_r), str(control_out_w)]
-    process_limit = None
-    if sandboxed:
-        sandbox = Sandbox(workdir=workdir, read_only=python_paths(), environment=env)
-        command = sandbox.command(argv)
-        process_limit = ProcessLimit.create(limits.max_processes)
-        if process_limit is None:
-            notes.append("the number of processes was not bounded (no writable pids cgroup on this machine)")
-        popen_env = None
-    else:
-        command, popen_env = argv, {**os.environ, **env, "COURSE_CACHE_DIR": str(workdir / "cache")}
-    process = subprocess.Popen(command, pass_fds=child_fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, cwd=workdir, env=popen_env, start_new_session=True,
-                               preexec_fn=process_limit.add_me if process_limit else None)
-    for fd in child_fds:
-        os.close(fd)
-    try:
-        _drive(process, plan, runner_tests, channels, control_in_w, control_out_r, limits, notes)
-    finally:
-        for fd in [control_in_w, control_out_r] + [fd for c in channels.values() for fd in (c.to_child, c.from_child)]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        error_output = process.stderr.read().decode(errors="replace") if process.stderr else ""
-        if process.returncode not in (0, None) and not any(v.passed for v in verdicts.values()):
-            notes.append(f"the sandbox ended with exit status {process.returncode}: {error_output[-800:]}")
-        if process_limit is not None:
-            process_limit.close()
-        shutil.rmtree(workdir, ignore_errors=True)
-    return verdicts, notes
 
 
 def _send(fd: int, message: dict) -> bool:
@@ -251,138 +180,11 @@ def _send(fd: int, message: dict) -> bool:
         return False
 
 
-def _drive(process, plan, runner_tests, channels, control_in, control_out, limits: Limits, notes: list[str]) -> None:
-    """The grader's side of the protocol (see grading_runner.py): plan, visible phase, hidden phase."""
-    _send(control_in, {"cells": plan["cells"], "tests": runner_tests, "limits": {
-        "memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds}})
-    order = [test["grade_id"] for test in plan["tests"]]
-    started: set[str] = set()
-    selector = selectors.DefaultSelector()
-    selector.register(control_out, selectors.EVENT_READ, "control")
-    for grade_id, channel in channels.items():
-        selector.register(channel.from_child, selectors.EVENT_READ, grade_id)
-    control_buffer, zygote_done = b"", False
-    stopped_cells: dict[int, str] = {}  # a cell that stopped one test's process stops the later ones too
-    phase, current = "visible", None
-
-    def next_in_turn():
-        pending = [g for g in order if not channels[g].done and (phase == "hidden" or g in started)]
-        return pending[0] if pending else None
-
-    def finish(grade_id: str, status: str, message: str = "") -> None:
-        channel = channels[grade_id]
-        channel.done, channel.verdict.status = True, status
-        if message:
-            channel.verdict.message = message
-        if status in ("crashed", "timed out"):
-            _send(control_in, {"kill": grade_id})
-            if channel.verdict.last_cell is not None:
-                stopped_cells.setdefault(channel.verdict.last_cell, status)
-
-    while True:
-        if current is None:
-            if phase == "visible" and zygote_done and all(channels[g].done for g in order if g in started):
-                for g in order:  # never started: the notebook's own code ended the sandbox first
-                    if g not in started:
-                        finish(g, "crashed", "the notebook stopped before these tests could run")
-                phase = "hidden"
-                for channel in channels.values():
-                    channel.done = not channel.visible_passed
-            current = next_in_turn()
-            if current is not None:
-                channel = channels[current]
-                if phase == "visible":
-                    channel.deadline = time.monotonic() + limits.seconds
-                    if not _send(channel.to_child, {"go": True}):
-                        finish(current, "crashed", "the test's process ended before it could start")
-                        current = None
-                        continue
-                elif not channel.hidden:
-                    _send(channel.to_child, {"source": ""})
-                    finish(current, "passed")
-                    current = None
-                    continue
-                else:
-                    channel.deadline = time.monotonic() + limits.seconds
-                    if not _send(channel.to_child, {"source": channel.hidden}):
-                        finish(current, "crashed", "the test's process ended before the hidden tests")
-                        current = None
-                        continue
-            elif phase == "hidden":
-                return
-        timeout = None if current is None else max(0.0, channels[current].deadline - time.monotonic())
-        events = selector.select(timeout=timeout if timeout is not None else 1.0)
-        if current is not None and not events and time.monotonic() >= channels[current].deadline:
-            finish(current, "timed out", f"stopped after {limits.seconds:.0f} s")
-            current = None
-            continue
-        for key, _ in events:
-            if key.data == "control":
-                chunk = os.read(control_out, 65536)
-                if not chunk:
-                    selector.unregister(control_out)
-                    zygote_done = True
-                    continue
-                control_buffer += chunk
-                *lines, control_buffer = control_buffer.split(b"\n")
-                for line in lines:
-                    event = json.loads(line)
-                    if event["event"] == "started":
-                        started.add(event["grade_id"])
-                    elif event["event"] == "all_started":
-                        zygote_done = True
-                    elif event["event"] == "notebook_error":
-                        notes.append(f"the notebook's own cell {event['cell']} failed: {event['message']}")
-                continue
-            grade_id, channel = key.data, channels[key.data]
-            chunk = os.read(channel.from_child, 65536)
-            if not chunk:
-                selector.unregister(channel.from_child)
-                if not channel.done:
-                    where = channel.verdict.last_cell
-                    finish(grade_id, "crashed", "the process running these tests ended without a result"
-                           + (f" (it was running cell {where})" if where is not None else ""))
-                    if current == grade_id:
-                        current = None
-                continue
-            channel.buffer += chunk
-            if len(channel.buffer) > 1_000_000:  # a flood on the pipe: nothing more is read from it
-                finish(grade_id, "crashed", "the tests' process wrote too much to the grader")
-                selector.unregister(channel.from_child)
-                current = None if current == grade_id else current
-                continue
-            *lines, channel.buffer = channel.buffer.split(b"\n")
-            for line in lines:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(event, dict) or channel.done:
-                    continue
-                if event.get("event") == "cell" and isinstance(event.get("cell"), int):
-                    channel.verdict.last_cell = event["cell"]
-                    if event["cell"] in stopped_cells and current == grade_id:
-                        finish(grade_id, stopped_cells[event["cell"]],
-                               f"cell {event['cell']} stopped an earlier test's process; not waited for again")
-                        current = None
-                elif event.get("event") == "visible" and phase == "visible" and current == grade_id:
-                    if event.get("passed") is True:
-                        channel.visible_passed, channel.done = True, True
-                    else:
-                        finish(grade_id, "failed", str(event.get("message", ""))[:2000])
-                        _send(channel.to_child, {"source": ""})
-                    current = None
-                elif event.get("event") == "hidden" and phase == "hidden" and current == grade_id:
-                    finish(grade_id, "passed" if event.get("passed") is True else "hidden failed")
-                    current = None
-
-
-
 def grade_notebook(plan: dict, *, sandboxed: bool = True, limits: Limits = Limits(),
                    environment: dict[str, str] | None = None, retries: int = 3) -> tuple[dict[str, Verdict], list[str]]:
     """Run :func:`run_submission`, then rerun the test cells that a *different* exercise's code stopped.
 
-    Each test cell's process runs all of the student's cells before it, so a solution cell that
+    Each test cell's student process runs all of the student's cells before it, so a solution cell that
     ends its process (``os._exit`` at the top level, an endless loop) would also stop every later
     exercise. Those tests are run again without the cells that stopped them (which then score as
     their own tests say), so one exercise's crash costs only that exercise.
@@ -430,3 +232,230 @@ def verdict_output(verdict: Verdict, points: float) -> dict:
     else:
         text = f"These tests could not finish ({verdict.status}): {verdict.message}"
     return {"output_type": "error", "ename": "TestsFailed", "evalue": text, "traceback": [f"TestsFailed: {text}"]}
+
+
+TRUSTED_RUNNER = HERE / "trusted_runner.py"
+
+
+class _Lines:
+    """JSON lines read from one pipe, bounded (a flood ends the pipe)."""
+
+    def __init__(self, fd: int, limit: int = 1_000_000):
+        self.fd, self.buffer, self.closed, self.limit = fd, b"", False, limit
+
+    def read(self) -> list[dict]:
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.closed = True
+            return []
+        self.buffer += chunk
+        if len(self.buffer) > self.limit:
+            self.closed, self.buffer = True, b""
+            return []
+        *lines, self.buffer = self.buffer.split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def run_submission(plan: dict, *, sandboxed: bool = True, limits: Limits = Limits(),
+                           environment: dict[str, str] | None = None) -> tuple[dict[str, Verdict], list[str]]:
+    """Grade one notebook's plan: the student's code in a fresh sandbox, the tests in the grader.
+
+    Returns ({test grade_id: Verdict}, notes for the instructor). The student's process (in the
+    sandbox, ``tools/grading_runner.py``) only defines the student's functions and runs them when
+    the grader's test code (``tools/trusted_runner.py``, outside the sandbox) calls them; it never
+    sees a test, and what it sends back is plain data (``tools/plain_data.py``).
+    """
+    verdicts = {test["grade_id"]: Verdict(test["grade_id"]) for test in plan["tests"]}
+    notes: list[str] = []
+    if not plan["tests"]:
+        return verdicts, notes
+    workdir = Path(tempfile.mkdtemp(prefix="course-grading-"))
+    student_fds, grader_fds, ends = [], [], {}
+    student_tests, grader_tests = [], []
+    for test in plan["tests"]:
+        request_r, request_w = os.pipe()   # grader -> student: calls
+        reply_r, reply_w = os.pipe()       # student -> grader: results
+        progress_r, progress_w = os.pipe()  # student -> this process: which cell it runs
+        report_r, report_w = os.pipe()     # grader's test -> this process: verdicts
+        go_r, go_w = os.pipe()             # this process -> grader's test: start, hidden tests
+        student_fds += [request_r, reply_w, progress_w]
+        grader_fds += [request_w, reply_r, report_w, go_r]
+        student_tests.append({"grade_id": test["grade_id"], "cell": test["cell"], "out_fd": progress_w,
+                              "rpc_in": request_r, "rpc_out": reply_w})
+        grader_tests.append({"grade_id": test["grade_id"], "cell": test["cell"], "visible": test["visible"],
+                             "hidden": test["hidden"], "to_student": request_w, "from_student": reply_r,
+                             "report_fd": report_w, "go_fd": go_r})
+        ends[test["grade_id"]] = {"progress": _Lines(progress_r), "report": _Lines(report_r), "go": go_w}
+    env = {"NBGRADER_EXECUTION": "autograde", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1", "COURSE_CACHE_DIR": "/tmp/course-cache",
+           "MPLCONFIGDIR": "/tmp/matplotlib", "TQDM_DISABLE": "1", **(environment or {})}
+    processes, controls, process_limit = {}, {}, None
+    for side in ("student", "grader"):
+        control_in_r, control_in_w = os.pipe()
+        control_out_r, control_out_w = os.pipe()
+        fds = (student_fds if side == "student" else grader_fds) + [control_in_r, control_out_w]
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        runner = RUNNER if side == "student" else TRUSTED_RUNNER
+        argv = [sys.executable, str(runner), str(control_in_r), str(control_out_w)]
+        popen_env = {**os.environ, **env, "COURSE_CACHE_DIR": str(workdir / f"cache-{side}"),
+                     "MPLCONFIGDIR": str(workdir / "matplotlib")}
+        preexec = None
+        if side == "student" and sandboxed:
+            argv = Sandbox(workdir=workdir, read_only=python_paths(), environment=env).command(argv)
+            process_limit = ProcessLimit.create(limits.max_processes)
+            if process_limit is None:
+                notes.append("the number of processes was not bounded (no writable pids cgroup on this machine)")
+            preexec, popen_env = (process_limit.add_me if process_limit else None), None
+        cwd = workdir if side == "student" else tempfile.mkdtemp(prefix="course-grader-", dir=workdir.parent)
+        processes[side] = subprocess.Popen(argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, cwd=cwd, env=popen_env, start_new_session=True,
+                                           preexec_fn=preexec)
+        for fd in fds:
+            os.close(fd)
+        controls[side] = (control_in_w, _Lines(control_out_r))
+    student_plan = {"mode": "serve", "cells": plan["cells"], "tests": student_tests,
+                    "limits": {"memory_bytes": limits.memory_bytes, "cpu_seconds": limits.cpu_seconds}}
+    grader_plan = {"cells": [{**cell, "source": cell.get("source", "")} for cell in plan["cells"]],
+                   "tests": grader_tests, "student_names": plan["student_names"]}
+    try:
+        _send(controls["student"][0], student_plan)
+        _send(controls["grader"][0], grader_plan)
+        _drive(plan, verdicts, ends, controls, limits, notes)
+    finally:
+        for side, (control_in, lines) in controls.items():
+            for fd in (control_in, lines.fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for end in ends.values():
+            for fd in (end["progress"].fd, end["report"].fd, end["go"]):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for side, process in processes.items():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            errors = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            if side == "grader" and process.returncode not in (0, None):
+                notes.append(f"the grader's test process ended with exit status {process.returncode}: {errors[-800:]}")
+        if process_limit is not None:
+            process_limit.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return verdicts, notes
+
+
+def _drive(plan, verdicts, ends, controls, limits: Limits, notes: list[str]) -> None:
+    """One test cell at a time: start the grader's test, wait for its verdict or the deadline."""
+    started = {"student": set(), "grader": set()}
+    finished = {"student": False, "grader": False}
+    stopped_cells: dict[int, str] = {}
+
+    def read_control(side: str) -> None:
+        lines = controls[side][1]
+        for event in lines.read():
+            if event.get("event") == "started":
+                started[side].add(event["grade_id"])
+            elif event.get("event") == "all_started":
+                finished[side] = True
+            elif event.get("event") == "notebook_error" and side == "grader":
+                notes.append(f"the notebook's own cell {event['cell']} failed: {event.get('message', '')}")
+        if lines.closed:
+            finished[side] = True
+
+    def kill(grade_id: str) -> None:
+        for side in ("student", "grader"):
+            _send(controls[side][0], {"kill": grade_id})
+
+    def wait_for(grade_id: str, phase: str) -> dict | None:
+        """The grader's report for ``phase`` of this test, or None after a time-out (the verdict says which)."""
+        end, verdict = ends[grade_id], verdicts[grade_id]
+        deadline = time.monotonic() + limits.seconds
+        while True:
+            watched = [controls[s][1] for s in controls if not controls[s][1].closed]
+            watched += [r for r in (end["progress"], end["report"]) if not r.closed]
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                verdict.status, verdict.message = "timed out", f"stopped after {limits.seconds:.0f} s"
+                return None
+            ready, _, _ = select.select([r.fd for r in watched], [], [], timeout)
+            for reader in watched:
+                if reader.fd not in ready:
+                    continue
+                if reader is end["progress"]:
+                    for event in reader.read():
+                        if event.get("event") == "cell" and isinstance(event.get("cell"), int):
+                            verdict.last_cell = event["cell"]
+                            if event["cell"] in stopped_cells:
+                                verdict.status = stopped_cells[event["cell"]]
+                                verdict.message = f"cell {event['cell']} stopped an earlier test; not waited for again"
+                                return None
+                elif reader is end["report"]:
+                    for event in reader.read():
+                        if event.get("event") == phase:
+                            return event
+                    if reader.closed:
+                        verdict.status, verdict.message = "crashed", "the grader's test process ended without a verdict"
+                        return None
+                else:
+                    read_control("student" if reader is controls["student"][1] else "grader")
+
+    order = [test["grade_id"] for test in plan["tests"]]
+    tests = {test["grade_id"]: test for test in plan["tests"]}
+    visible_passed = set()
+    for grade_id in order:
+        verdict = verdicts[grade_id]
+        while grade_id not in started["grader"] and not finished["grader"]:
+            ready, _, _ = select.select([controls["grader"][1].fd], [], [], limits.seconds)
+            if not ready:
+                break
+            read_control("grader")
+        if grade_id not in started["grader"]:
+            verdict.status, verdict.message = "crashed", "the notebook stopped before these tests could run"
+            continue
+        _send(ends[grade_id]["go"], {"go": True})
+        report = wait_for(grade_id, "visible")
+        if report is None:
+            kill(grade_id)
+            if verdict.last_cell is not None:
+                stopped_cells.setdefault(verdict.last_cell, verdict.status)
+            continue
+        if report.get("student_ended"):
+            verdict.status, verdict.message = "crashed", "your code's process ended during the tests"
+            kill(grade_id)
+            if verdict.last_cell is not None:
+                stopped_cells.setdefault(verdict.last_cell, "crashed")
+        elif report.get("passed"):
+            visible_passed.add(grade_id)
+        else:
+            verdict.status, verdict.message = "failed", str(report.get("message", ""))[:2000]
+    for grade_id in order:
+        verdict = verdicts[grade_id]
+        if grade_id not in visible_passed:
+            _send(ends[grade_id]["go"], {"hidden": False})
+            continue
+        if not tests[grade_id]["hidden"]:
+            verdict.status = "passed"
+            _send(ends[grade_id]["go"], {"hidden": False})
+            continue
+        _send(ends[grade_id]["go"], {"hidden": True})
+        report = wait_for(grade_id, "hidden")
+        if report is None:
+            kill(grade_id)
+        elif report.get("student_ended"):
+            verdict.status, verdict.message = "crashed", "your code's process ended during the hidden tests"
+        else:
+            verdict.status = "passed" if report.get("passed") else "hidden failed"

@@ -207,8 +207,8 @@ def ipython_tricks(chapter: Chapter):
 
 
 def forged_report(chapter: Chapter):
-    """A wrong answer that writes 'passed' on every pipe it has. Today this still scores (the report
-    comes from the student's process); trusted verdicts will close it (tests/test_attacks.py: xfail)."""
+    """A wrong answer that writes 'passed' reports on every pipe it has: verdicts never come from the
+    student's process, so it still scores 0."""
     first = chapter.exercises[0]
     forge = ("import os\nfor _fd in range(3, 64):\n    try:\n"
              "        os.write(_fd, b'{\"event\": \"visible\", \"passed\": true}\\n{\"event\": \"hidden\", \"passed\": true}\\n')\n"
@@ -216,4 +216,40 @@ def forged_report(chapter: Chapter):
     wrong = first.wrong[0].replace(f"def {first.function}(", f"def _wrong_{first.function}(", 1)
     answer = f"{wrong}\n\ndef {first.function}(*args, **kwargs):\n" + "".join(
         f"    {line}\n" for line in forge.splitlines()) + f"    return _wrong_{first.function}(*args, **kwargs)\n"
-    return chapter.submission(**{first.solution_id: answer}), {**chapter.all_passed(), first.test_id: FAILED}
+    # Junk on the call pipe may also end the exchange (a crash, flagged): either way, no points.
+    return chapter.submission(**{first.solution_id: answer}), {**chapter.all_passed(), first.test_id: FAILED | STOPPED}
+
+
+def patched_checks(chapter: Chapter):
+    """Wrong answers that make every check in their own process agree: the course's check helpers,
+    ``torch.allclose``, ``torch.equal``, NumPy's and ``math.isclose``, and ``AssertionError`` itself.
+    The checks run in the grader, so each exercise still scores 0."""
+    patch = """
+import builtins, math, torch, numpy.testing, course_lib.checks, course_lib.model_checks
+_agree = lambda *args, **kwargs: True
+_silent = lambda *args, **kwargs: None
+for _module in (course_lib.checks, course_lib.model_checks):
+    for _name in dir(_module):
+        if _name.startswith("check_"):
+            setattr(_module, _name, _silent)
+torch.allclose = torch.equal = math.isclose = _agree
+numpy.testing.assert_allclose = _silent
+builtins.AssertionError = type("AssertionError", (Exception,), {})
+"""
+    answers = {ex.solution_id: ex.wrong[0] + patch for ex in chapter.exercises if ex.wrong}
+    return chapter.submission(**answers), {ex.test_id: FAILED for ex in chapter.exercises}
+
+
+def library_version(chapter: Chapter, exercise: Exercise, module: str, function: str, args: str, how: str):
+    """``exercise`` answered by calling the library's own ``module.function``: directly, through an
+    alias imported at the top of the cell, or from a closure made before any test ran."""
+    signature = exercise.right.split("\n", 1)[0]  # the released "def name(...) -> ...:" line
+    if how == "direct":
+        answer = f"{signature}\n    import {module}\n    return {module}.{function}({args})\n"
+    elif how == "alias":
+        answer = f"from {module} import {function} as _library_version\n\n{signature}\n    return _library_version({args})\n"
+    else:
+        answer = (f"import importlib\n\ndef _make():\n    found = getattr(importlib.import_module({module!r}), {function!r})\n"
+                  f"    return lambda *a, **k: found(*a, **k)\n\n_hidden_helper = _make()\n\n"
+                  f"{signature}\n    return _hidden_helper({args})\n")
+    return chapter.submission(**{exercise.solution_id: answer}), {**chapter.all_passed(), exercise.test_id: FAILED}
