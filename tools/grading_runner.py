@@ -141,6 +141,29 @@ def run_serving_child(test: dict, student_cells: list[dict], namespace: dict, li
     serve_calls(test, namespace)
 
 
+def fork_test_child(test: dict, fd_keys: tuple[str, ...], all_fds: set[int], run) -> int:
+    """Fork a child that keeps only ``test``'s pipes (``fd_keys``) of ``all_fds`` and calls ``run()``; return its pid.
+
+    The parent closes its copies of the child's pipes, so that a child that dies is seen as the
+    end of its pipes, and later children never hold them.
+    """
+    mine = {test[key] for key in fd_keys if key in test}
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in all_fds - mine:
+                try:
+                    os.close(fd)
+                except OSError:  # an earlier test's pipe, already closed here
+                    pass
+            run()
+        finally:
+            os._exit(0)
+    for fd in mine:
+        os.close(fd)
+    return pid
+
+
 def serve_kill_requests(control_in: int, children: dict[str, int]) -> None:
     """Until the grader closes the control pipe, kill the test children it names; then kill them all."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel from now on
@@ -181,22 +204,9 @@ def main(argv: list[str]) -> int:
         elif cell["role"] == "test":
             test = tests[cell["index"]]
             sys.stdout.flush()
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    mine = {test[key] for key in fd_keys if key in test}
-                    for fd in (own_fds - mine) | {control_in, control_out}:
-                        try:
-                            os.close(fd)
-                        except OSError:  # an earlier test's pipe, already closed here
-                            pass
-                    run_serving_child(test, list(student_cells), namespace, plan["limits"])
-                finally:
-                    os._exit(0)
-            children[test["grade_id"]] = pid
-            for key in fd_keys:
-                if key in test:
-                    os.close(test[key])
+            children[test["grade_id"]] = fork_test_child(
+                test, fd_keys, own_fds | {control_in, control_out},
+                lambda: run_serving_child(test, list(student_cells), namespace, plan["limits"]))
             send(control_out, {"event": "started", "grade_id": test["grade_id"]})
     send(control_out, {"event": "all_started"})
     serve_kill_requests(control_in, children)
@@ -204,5 +214,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # plain_data, beside this file
     sys.exit(main(sys.argv))

@@ -204,7 +204,8 @@ def apply_module_state(module: nn.Module, state: dict) -> None:
         if current is None or type_name(current) != name or (name in BUILDABLE and BUILDABLE[name][1](current) != config):
             if name not in BUILDABLE:
                 raise NotPlainData(f"the function put a {name} at {path!r}, which the grader cannot rebuild")
-            module.set_submodule(path, BUILDABLE[name][0](config)) if _has_parent(module, path) else None
+            if _has_parent(module, path):
+                module.set_submodule(path, BUILDABLE[name][0](config))
     wanted = {path for path, _, _ in state["layers"]}
     for path, _ in list(module.named_modules()):
         if path and path not in wanted and _has_parent(module, path):

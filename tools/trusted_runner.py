@@ -26,9 +26,11 @@ import torch
 from torch import nn
 
 import plain_data
-from grading_runner import read_exactly as read_or_none, describe, receive, run_cell, send, serve_kill_requests
+from grading_runner import (describe, fork_test_child, read_exactly as read_or_none, receive, run_cell, send,
+                            serve_kill_requests)
 
 FRAME_LIMIT = 2**30  # bytes one reply from the student's process may have
+FD_KEYS = ("to_student", "from_student", "report_fd", "go_fd")  # one test cell's pipes
 
 
 class StudentProcessEnded(RuntimeError):
@@ -167,8 +169,7 @@ def main(argv: list[str]) -> int:
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
     tests = {test["cell"]: test for test in plan["tests"]}
-    own_fds = {fd for test in plan["tests"] for key in ("to_student", "from_student", "report_fd", "go_fd")
-               for fd in [test[key]]}
+    own_fds = {test[key] for test in plan["tests"] for key in FD_KEYS}
     namespace: dict = {"__name__": "__main__"}
     for name in plan["student_names"]:
         namespace[name] = StudentFunction(name)
@@ -180,26 +181,15 @@ def main(argv: list[str]) -> int:
             if error is not None:
                 send(control_out, {"event": "notebook_error", "cell": cell["index"], "message": describe(error)})
             for name in plan["student_names"]:  # a notebook cell must not replace a stand-in
-                namespace[name] = namespace[name] if isinstance(namespace.get(name), StudentFunction) else StudentFunction(name)
+                if not isinstance(namespace.get(name), StudentFunction):
+                    namespace[name] = StudentFunction(name)
         elif cell["role"] == "student" and not cell.get("solution"):
             grader_cells.append(cell)
         elif cell["role"] == "test":
             test = tests[cell["index"]]
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    mine = {test[key] for key in ("to_student", "from_student", "report_fd", "go_fd")}
-                    for fd in (own_fds - mine) | {control_in, control_out}:
-                        try:
-                            os.close(fd)
-                        except OSError:
-                            pass
-                    run_test_child(test, list(grader_cells), namespace)
-                finally:
-                    os._exit(0)
-            children[test["grade_id"]] = pid
-            for key in ("to_student", "from_student", "report_fd", "go_fd"):
-                os.close(test[key])
+            children[test["grade_id"]] = fork_test_child(
+                test, FD_KEYS, own_fds | {control_in, control_out},
+                lambda: run_test_child(test, list(grader_cells), namespace))
             send(control_out, {"event": "started", "grade_id": test["grade_id"]})
     send(control_out, {"event": "all_started"})
     serve_kill_requests(control_in, children)
@@ -207,5 +197,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     sys.exit(main(sys.argv))
