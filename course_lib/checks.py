@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import torch
 
-__all__ = ["check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of", "fail", "listed"]
+__all__ = ["check_claim", "check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of", "fail", "listed"]
 
 _MAX_LISTED = 5  # how many offending names a message lists before "... and N more"
 
@@ -213,3 +213,27 @@ def check_uses_none_of(function: Callable, forbidden: Sequence[object], *, hint:
     used = sorted(name for name in names if id(function.__globals__.get(name)) in forbidden_ids or name in forbidden_names)
     if used:
         fail(f"{function.__name__} uses {listed(used)} from course_lib instead of doing the work itself", hint)
+
+
+def check_claim(holds: bool, claim: str, *, checked: bool, measured: str = "") -> bool:
+    """Assert a sentence the chapter's text states about this run's results; return whether it held.
+
+    The book's prose interprets measured numbers ("pretrained beats random at every stage"); a
+    notebook backs each such sentence with one call, so a run where it stops being true fails
+    loudly instead of teaching something false. ``checked`` says whether this run is big enough
+    for the claim to be meaningful (``cfg.claims_checked``: every size but ``smoke``, whose tiny
+    runs only show that the code works); an unchecked claim that does not hold is reported, not
+    raised. ``measured`` names the numbers behind the verdict, for the message.
+    """
+    if not isinstance(claim, str) or not claim:
+        raise TypeError("claim must be the sentence the text states, as a non-empty string.")
+    holds = bool(holds)
+    detail = f" (measured: {measured})" if measured else ""
+    if holds:
+        print(f"claim holds: {claim}{detail}")
+    elif checked:
+        fail(f"The chapter's text says \"{claim}\", but this run measured otherwise{detail}",
+             "the text and this run disagree; if the library or the sizes changed, re-derive the text from the numbers")
+    else:
+        print(f"claim not checked at this size, and it does not hold here: {claim}{detail}")
+    return holds

@@ -129,6 +129,12 @@ class CourseConfig:
         """True when the run uses only the course's own world and model (no downloads needed)."""
         return self.world == "offline"
 
+    @property
+    def claims_checked(self) -> bool:
+        """True when the chapters' statements about results are asserted (every size but ``smoke``,
+        whose runs are too small to mean anything): see :func:`course_lib.checks.check_claim`."""
+        return self.size != "smoke"
+
 
 def size_settings(world: str, size: str) -> dict:
     """The sizes of ``world`` at ``size`` as a dict of :class:`CourseConfig` fields (the size table's row)."""

@@ -184,3 +184,23 @@ def test_check_uses_none_of_passes_own_work_and_catches_delegation():
         check_uses_none_of(_own_version, [library_module], hint="h")
     with pytest.raises(TypeError, match="Python function"):
         check_uses_none_of(len, forbidden, hint="h")
+
+
+def test_check_claim_passes_reports_and_fails(capsys):
+    from course_lib.checks import check_claim
+
+    assert check_claim(True, "A beats B", checked=True, measured="A 0.9, B 0.5") is True
+    assert "claim holds: A beats B (measured: A 0.9, B 0.5)" in capsys.readouterr().out
+    assert check_claim(False, "A beats B", checked=False) is False
+    assert "not checked" in capsys.readouterr().out
+    with pytest.raises(AssertionError, match="says \"A beats B\".*A 0.4"):
+        check_claim(False, "A beats B", checked=True, measured="A 0.4")
+    with pytest.raises(TypeError, match="claim"):
+        check_claim(True, "", checked=True)
+
+
+def test_claims_are_checked_at_every_size_but_smoke():
+    import course_lib
+
+    assert not course_lib.setup(profile="smoke").claims_checked
+    assert course_lib.setup(profile="standard").claims_checked
