@@ -66,15 +66,16 @@ _WORLD_SETTINGS: dict[str, dict[str, str]] = {
 _SIZE_FIELDS = (
     "image_size", "train_per_class", "test_per_class", "epochs", "batch_size", "num_seeds",
     "cka_images", "scratch_epochs", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
+    "finetune_large_per_class",
 )
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
-    #                         image train test epochs batch seeds  cka scratch  ft_batch ft_epochs ft_batches
-    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,      16,       2,        1),
-    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,      32,       5,        6),
-    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,      32,       5,       60),
-    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,      16,       2,        1),
-    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,      32,       5,        6),
-    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,      32,       5,       60),
+    #                         image train test epochs batch seeds  cka scratch  ft_batch ft_epochs ft_batches ft_large
+    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,      16,       2,        2,       16),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,      32,       8,       20,     600),
+    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,      32,      10,       50,    1000),
+    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,      16,       2,        2,       16),
+    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,      32,       8,       20,     600),
+    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,      32,      10,       50,    1000),
 }
 
 
@@ -100,6 +101,9 @@ class CourseConfig:
     - ``finetune_batch_size``, ``finetune_epochs``, ``finetune_batches_per_epoch``: every
       fine-tuning run of 19.3 (a fixed number of batches per epoch, so that runs on 1 or 100
       images per class cost the same).
+    - ``finetune_large_per_class``: images per class of 19.3's largest training set, which puts
+      10 classes in the size rule's "more than 5,000 images" row from the standard size on (and
+      is larger than ``train_per_class`` at every size, so that 19.3 always has three sizes).
     """
 
     profile: str
@@ -123,6 +127,7 @@ class CourseConfig:
     finetune_batch_size: int
     finetune_epochs: int
     finetune_batches_per_epoch: int
+    finetune_large_per_class: int
 
     @property
     def offline(self) -> bool:

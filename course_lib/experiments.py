@@ -4,7 +4,8 @@ A transfer-learning claim such as "frozen features beat training from scratch wh
 scarce" is a claim about a *curve*: accuracy against the number of labelled examples per class,
 with a spread over random draws of those examples. :func:`data_efficiency_curve` runs any set of
 methods over the same draws; :func:`scratch_accuracy` is the baseline every transfer method must
-beat: the same architecture trained on the target data alone. For chapter 19.3,
+beat: the same architecture trained on the target data alone, and :func:`scratch_curve` its
+budget sweep (test accuracy after every epoch), to show that it has converged or plateaued. For chapter 19.3,
 :func:`fine_tune_copy` gives every fine-tuning run the same budget, and :func:`compare_with_rule`
 checks a rule of thumb (:func:`rule_of_thumb`) against the strategies measured.
 """
@@ -24,11 +25,12 @@ from tqdm.auto import tqdm
 from course_lib.data import sample_per_class
 from course_lib.finetuning import fine_tune
 from course_lib.history import History
-from course_lib.models import replace_head
+from course_lib.models import get_head, replace_head
 from course_lib.training import evaluate, fit
 from course_lib.validation import check_module, check_positive_int, is_int
 
-__all__ = ["compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy", "scratch_epochs"]
+__all__ = ["compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy", "scratch_curve",
+           "scratch_epochs"]
 
 
 def data_efficiency_curve(
@@ -126,6 +128,42 @@ def scratch_accuracy(
     return evaluate(model, DataLoader(test_data, batch_size=256))["accuracy"]
 
 
+def scratch_curve(
+    make_model: Callable[[], nn.Module],
+    train_data: Dataset,
+    test_data: Dataset,
+    *,
+    epochs: int,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> list[float]:
+    """Test accuracy after each of ``epochs`` epochs of one from-scratch run: a budget sweep (19.2).
+
+    The same run as :func:`scratch_accuracy` with ``epochs`` (same seed, data order, optimizer and
+    constant learning rate), evaluated after every epoch, so entry ``e - 1`` is what
+    ``scratch_accuracy(..., epochs=e)`` returns: one run shows whether the baseline has converged
+    or plateaued at a given budget. The test set only reports; nothing is selected on it.
+    """
+    check_positive_int(epochs, "epochs")
+    if isinstance(make_model, nn.Module):
+        raise TypeError("make_model must be a function that builds a new model, not a model: wrap it in a lambda.")
+    if len(train_data) == 0:
+        raise ValueError("train_data is empty: pass the labelled training examples, e.g. Subset(train_data, indices).")
+    torch.manual_seed(seed)
+    model = make_model()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"make_model() must return a torch.nn.Module, got {type(model).__name__}.")
+    if device is not None:
+        model.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train_data, batch_size=min(batch_size, len(train_data)), shuffle=True, generator=generator)
+    history = fit(model, train_loader, epochs=epochs, lr=lr, progress=False, channels_last=True,
+                  val_loader=DataLoader(test_data, batch_size=256))
+    return [float(value) for value in history["val_accuracy"]]
+
+
 # ---------------------------------------------------------------------------------------------
 # Fine-tuning strategies on one budget, and the size rule (19.3)
 
@@ -140,6 +178,7 @@ def fine_tune_copy(
     epochs: int,
     batches_per_epoch: int,
     batch_size: int = 32,
+    head: nn.Module | None = None,
     **fine_tune_kwargs,
 ) -> tuple[nn.Module, History]:
     """Fine-tune a fresh copy of ``pretrained`` (new head for ``num_classes``) on ``train_set[indices]``; return it and its history.
@@ -148,7 +187,9 @@ def fine_tune_copy(
     ``batches_per_epoch`` batches drawn at random, with replacement, from the chosen images, so
     that a comparison of strategies or data sizes is not a comparison of training lengths (19.3).
     ``pretrained`` is not changed; ``fine_tune_kwargs`` go to :func:`fine_tune` (``strategy``,
-    ``lr``, ``head_lr``, ...). ``seed`` fixes the new head and the order of the batches.
+    ``lr``, ``head_lr``, ...). ``seed`` fixes the new head and the order of the batches. ``head``,
+    if given, is copied in as the starting head instead of a random one (LP-FT starts from a
+    converged probe: :func:`course_lib.finetuning.probe_head`).
     """
     check_module(pretrained, "fine_tune_copy", what="the whole model (a torch.nn.Module)")
     if not is_int(batches_per_epoch) or batches_per_epoch < 1 or not is_int(batch_size) or batch_size < 1:
@@ -158,6 +199,13 @@ def fine_tune_copy(
         raise ValueError("indices is empty: pass the training examples to fine-tune on (e.g. from sample_per_class).")
     torch.manual_seed(seed)
     model = replace_head(copy.deepcopy(pretrained), num_classes)
+    if head is not None:
+        check_module(head, "fine_tune_copy", what="the starting head (a torch.nn.Module)")
+        new_head = get_head(model)
+        shapes = lambda layer: {key: tuple(value.shape) for key, value in layer.state_dict().items()}  # noqa: E731
+        if not isinstance(head, type(new_head)) or shapes(head) != shapes(new_head):
+            raise ValueError(f"head must be a layer like the model's own head ({new_head}), got {head}.")
+        new_head.load_state_dict(head.state_dict())
     images = Subset(train_set, indices)
     sampler = RandomSampler(images, replacement=True, num_samples=batches_per_epoch * batch_size,
                             generator=torch.Generator().manual_seed(seed))

@@ -8,8 +8,8 @@ different answer to three questions:
   (:class:`GradualUnfreezing`);
 - **how fast each one moves**: one learning rate, or a rate that shrinks by a factor per layer
   group from the head down (:func:`layerwise_lr_groups`, ULMFiT's discriminative rates);
-- **what BatchNorm does**: keep the pretrained statistics
-  (:class:`course_lib.freezing.FreezeBatchNorm`) or update them.
+- **what BatchNorm does**: keep the pretrained statistics of the frozen layers, of all layers,
+  or of none (:class:`course_lib.freezing.FreezeBatchNorm`).
 
 Groups come from :func:`course_lib.models.layer_groups`; how far each moved is
 :func:`course_lib.forgetting.weight_drift`. :func:`fine_tune` runs a strategy by name, so that a
@@ -31,11 +31,34 @@ from course_lib.models import get_head, layer_groups
 from course_lib.training import fit
 from course_lib.validation import check_module, check_positive_int, check_positive_number, is_int
 
-__all__ = ["STRATEGIES", "GradualUnfreezing", "fine_tune", "layerwise_lr_groups", "train_last_stages", "trainable_groups_at"]
+__all__ = ["BATCHNORM", "OPTIMIZERS", "PRETRAINING_RATES", "SCHEDULES", "STRATEGIES", "GradualUnfreezing", "fine_tune", "layerwise_lr_groups",
+           "pretraining_rate", "probe_head", "train_last_stages", "trainable_groups_at"]
 
 # The strategies :func:`fine_tune` knows, in the order chapter 19.3 introduces them.
 STRATEGIES = ("linear probe", "full", "partial", "discriminative", "gradual", "LP-FT")
+# What fine_tune does with BatchNorm's running statistics, its optimizers and its learning-rate schedules.
+BATCHNORM = ("keep frozen", "keep all", "update all")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = (None, "one-cycle")
 _WHOLE_MODEL = "the whole model (a torch.nn.Module)"
+
+
+# The peak learning rate each backbone was pretrained with, by SGD with momentum 0.9, and where
+# that recipe is written down. "One tenth of the original training rate" is a tenth of these.
+PRETRAINING_RATES: dict[str, tuple[float, str]] = {
+    "course-resnet": (0.05, "course_lib.pretrain: SGD with momentum 0.9, batches of 128, one-cycle schedule peaking at 0.05"),
+    **{name: (0.1, "torchvision's ImageNet recipe: SGD with momentum 0.9, batches of 256, 0.1 divided by 10 every 30 epochs")
+       for name in ("resnet18", "resnet34", "resnet50")},
+}
+
+
+def pretraining_rate(backbone: str) -> tuple[float, str]:
+    """``(peak learning rate, recipe)`` that ``backbone`` (a :func:`~course_lib.models.load_backbone`
+    name) was pretrained with (19.3 sets its fine-tuning rates relative to it)."""
+    if backbone not in PRETRAINING_RATES:
+        raise ValueError(f"No pretraining rate is recorded for {backbone!r} (known: {', '.join(PRETRAINING_RATES)}); "
+                         "look up the rate its weights were trained with and add it to PRETRAINING_RATES.")
+    return PRETRAINING_RATES[backbone]
 
 
 def layerwise_lr_groups(model: nn.Module, head_lr: float, factor: float = 2.6) -> list[dict]:
@@ -115,18 +138,38 @@ class GradualUnfreezing(Callback):
                 p.requires_grad_(name in trainable)
 
 
-def _optimizer(model: nn.Module, lr: float, head_lr: float, factor: float | None = None) -> torch.optim.Optimizer:
-    """AdamW over every parameter: the head at ``head_lr``; the backbone at ``lr``, or at rates
-    falling by ``factor`` per group below the head. Frozen parameters get no gradient, so AdamW
-    leaves them alone until they are unfrozen (which gradual unfreezing relies on)."""
+def _optimizer(model: nn.Module, kind: str, lr: float, head_lr: float, factor: float | None = None,
+               momentum: float = 0.9) -> torch.optim.Optimizer:
+    """SGD with momentum (the source model's own optimizer) or AdamW, over every parameter: the head
+    at ``head_lr``; the backbone at ``lr``, or at rates falling by ``factor`` per group below the
+    head. Frozen parameters get no gradient, so the optimizer leaves them alone until they are
+    unfrozen (which gradual unfreezing relies on). No weight decay: the rates alone are compared."""
     if factor is not None:
-        return torch.optim.AdamW(layerwise_lr_groups(model, head_lr, factor), weight_decay=0.0)
-    head = set(map(id, get_head(model).parameters()))
-    groups = [
-        {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr, "name": "backbone"},
-        {"params": list(get_head(model).parameters()), "lr": head_lr, "name": "head"},
-    ]
+        groups = layerwise_lr_groups(model, head_lr, factor)
+    else:
+        head = set(map(id, get_head(model).parameters()))
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in head], "lr": lr, "name": "backbone"},
+            {"params": list(get_head(model).parameters()), "lr": head_lr, "name": "head"},
+        ]
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=head_lr, momentum=momentum, weight_decay=0.0)
     return torch.optim.AdamW(groups, weight_decay=0.0)
+
+
+def _one_cycle(optimizer: torch.optim.Optimizer, epochs: int, train_loader: Iterable) -> torch.optim.lr_scheduler.OneCycleLR:
+    """The source model's schedule: each group warms up to its rate over the first quarter of the
+    steps, then follows a cosine down to almost zero, so a run ends converged to its budget."""
+    if not hasattr(train_loader, "__len__"):
+        raise TypeError("schedule='one-cycle' needs a train_loader with a length (a DataLoader), to know the number of steps.")
+    steps = epochs * len(train_loader)
+    if steps < 2:
+        raise ValueError(f"schedule='one-cycle' needs at least 2 training steps (a warm-up and a decay), got {steps}: "
+                         "train for more batches or epochs, or pass schedule=None for constant rates.")
+    # A quarter of the steps to warm up, as in pretraining, but at least one whole step.
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=[group["lr"] for group in optimizer.param_groups],
+        total_steps=steps, pct_start=max(0.25, 1.5 / steps))
 
 
 def fine_tune(
@@ -141,17 +184,21 @@ def fine_tune(
     factor: float = 2.6,
     every: int = 1,
     probe_epochs: int | None = None,
-    freeze_batchnorm: bool = False,
+    batchnorm: str = "keep frozen",
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    schedule: str | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
 ) -> History:
     """Train ``model`` (pretrained, with a new head) on the target task with one of :data:`STRATEGIES`.
 
-    The new head learns at ``head_lr`` (default ``lr``), the pretrained layers at ``lr``, with
-    AdamW, through :func:`course_lib.training.fit`. What each strategy trains:
+    The new head learns at ``head_lr`` (default ``lr``), the pretrained layers at ``lr``, through
+    :func:`course_lib.training.fit`, with ``optimizer`` ``"sgd"`` (with ``momentum``, as the
+    course's source model was trained) or ``"adamw"``. What each strategy trains:
 
-    - ``"linear probe"``: the head only; the backbone frozen, its BatchNorm statistics kept;
-    - ``"full"``: everything (compare a high ``lr`` with a 10x lower one);
+    - ``"linear probe"``: the head only; the backbone frozen;
+    - ``"full"``: everything (compare the pretraining rate with one ten times lower);
     - ``"partial"``: the head and the last ``k`` stages (:func:`train_last_stages`);
     - ``"discriminative"``: everything, the rates falling by ``factor`` per group below the head's
       ``head_lr`` (:func:`layerwise_lr_groups`; ``lr`` is not used);
@@ -159,9 +206,15 @@ def fine_tune(
     - ``"LP-FT"``: ``probe_epochs`` (default half of ``epochs``) of linear probe at ``head_lr``,
       then the rest as full fine-tuning of everything at ``lr``, from the probed head (Kumar et al., 2022).
 
-    ``freeze_batchnorm=True`` keeps every BatchNorm layer's statistics as pretrained
-    (:class:`~course_lib.freezing.FreezeBatchNorm`). Returns the :class:`~course_lib.history.History`; for LP-FT
-    both stages are in one history, epochs numbered on from the probe's.
+    ``batchnorm`` says what happens to BatchNorm's running statistics (:data:`BATCHNORM`):
+    ``"keep frozen"`` (default) keeps those of frozen layers, so that a frozen stage is frozen for
+    real while training stages adapt theirs; ``"keep all"`` keeps every layer's as pretrained;
+    ``"update all"`` lets every layer's follow the target data, frozen or not (measured in 19.3,
+    because on a different-looking target that alone changes the accuracy).
+    ``schedule="one-cycle"`` warms every rate up and anneals it to zero over the run
+    (:class:`torch.optim.lr_scheduler.OneCycleLR`, the source model's schedule); None keeps the
+    rates constant. Returns the :class:`~course_lib.history.History`; for LP-FT both stages are
+    in one history, epochs numbered on from the probe's.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}: choose one of {', '.join(map(repr, STRATEGIES))}.")
@@ -169,36 +222,104 @@ def fine_tune(
     for name, value in (("lr", lr), ("head_lr", head_lr)):
         if value is not None:
             check_positive_number(value, name)
+    for name, value, choices in (("batchnorm", batchnorm, BATCHNORM), ("optimizer", optimizer, OPTIMIZERS),
+                                 ("schedule", schedule, SCHEDULES)):
+        if value not in choices:
+            raise ValueError(f"Unknown {name} {value!r}: choose one of {', '.join(map(repr, choices))}.")
     check_module(model, "fine_tune", what=_WHOLE_MODEL)
     head_lr = lr if head_lr is None else head_lr
-    keep_statistics = [FreezeBatchNorm()] if freeze_batchnorm else []
+    statistics = {"keep frozen": [FreezeBatchNorm(frozen_only=True)], "keep all": [FreezeBatchNorm()],
+                  "update all": []}[batchnorm]
+
+    def make_optimizer(lr: float, head_lr: float, factor: float | None = None) -> torch.optim.Optimizer:
+        return _optimizer(model, optimizer, lr, head_lr, factor, momentum)
 
     def train(epochs: int, optimizer: torch.optim.Optimizer, more: Sequence[Callback] = ()) -> History:
-        return fit(model, train_loader, epochs=epochs, optimizer=optimizer,
-                   callbacks=[*more, *keep_statistics, *callbacks], progress=progress)
+        scheduler = _one_cycle(optimizer, epochs, train_loader) if schedule == "one-cycle" else None
+        # `more` first: gradual unfreezing decides what is frozen before BatchNorm is told to keep it.
+        return fit(model, train_loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+                   callbacks=[*more, *statistics, *callbacks], progress=progress)
 
     if strategy == "linear probe":
-        optimizer = _optimizer(model, lr, head_lr)
+        optimizer_ = make_optimizer(lr, head_lr)
         train_last_stages(model, 0)
-        return train(epochs, optimizer, more=[FreezeBatchNorm()])
+        return train(epochs, optimizer_)
     if strategy == "partial":
-        optimizer = _optimizer(model, lr, head_lr)
+        optimizer_ = make_optimizer(lr, head_lr)
         train_last_stages(model, k)
-        return train(epochs, optimizer)
+        return train(epochs, optimizer_)
     if strategy == "full":
-        return train(epochs, _optimizer(unfreeze(model), lr, head_lr))
+        unfreeze(model)
+        return train(epochs, make_optimizer(lr, head_lr))
     if strategy == "discriminative":
-        return train(epochs, _optimizer(unfreeze(model), lr, head_lr, factor))
+        unfreeze(model)
+        return train(epochs, make_optimizer(lr, head_lr, factor))
     if strategy == "gradual":
         # The optimizer holds every parameter; the callback decides each epoch which ones train.
-        return train(epochs, _optimizer(unfreeze(model), lr, head_lr), more=[GradualUnfreezing(every)])
+        unfreeze(model)
+        return train(epochs, make_optimizer(lr, head_lr), more=[GradualUnfreezing(every)])
     # LP-FT: a good head first, so that fine-tuning starts from a low loss and disturbs the features less.
     probe_epochs = max(1, epochs // 2) if probe_epochs is None else probe_epochs
     if not is_int(probe_epochs) or not 1 <= probe_epochs < epochs:
         raise ValueError(f"probe_epochs must be an int from 1 to epochs - 1 = {epochs - 1}, got {probe_epochs!r}.")
-    optimizer = _optimizer(model, lr, head_lr)
+    optimizer_ = make_optimizer(lr, head_lr)
     train_last_stages(model, 0)
-    history = train(probe_epochs, optimizer, more=[FreezeBatchNorm()])
-    for record in train(epochs - probe_epochs, _optimizer(unfreeze(model), lr, lr)):
+    history = train(probe_epochs, optimizer_)
+    unfreeze(model)
+    for record in train(epochs - probe_epochs, make_optimizer(lr, lr)):
         history.append({**record, "epoch": record["epoch"] + probe_epochs})
     return history
+
+
+def probe_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *, C: float = 1.0,
+               max_iter: int = 500) -> nn.Linear:
+    """A linear head fitted to convergence on frozen features: a converged linear probe as a layer (19.3).
+
+    L2-penalised multinomial logistic regression on features standardised with their own mean
+    and spread, the objective of scikit-learn's ``LogisticRegression(C=C)``: the summed
+    cross-entropy times ``C`` plus half the squared norm of the weights. The penalty makes the
+    problem strictly convex, so it has one minimiser, which full-batch L-BFGS finds (in float64,
+    to a gradient below 1e-7). The standardisation is then folded into the layer
+    (``W' = W / s``, ``b' = b - W' m``), so that the returned ``nn.Linear`` reads the raw features
+    that the backbone feeds its head. It is LP-FT's first stage done properly (Kumar et al. fit
+    the probe to convergence) and the linear-probe baseline of 19.3's grid.
+    """
+    if not isinstance(features, torch.Tensor) or features.ndim != 2:
+        raise ValueError(f"features must be a 2-D tensor (examples, dimensions), got "
+                         f"{getattr(features, 'shape', type(features).__name__)}: pool and flatten them first.")
+    if not isinstance(labels, torch.Tensor) or labels.shape != (len(features),):
+        raise ValueError(f"labels must be a 1-D tensor with one class index per feature row ({len(features)}), "
+                         f"got {getattr(labels, 'shape', type(labels).__name__)}.")
+    check_positive_number(C, "C")
+    present = sorted(torch.unique(labels).tolist())
+    if present != list(range(num_classes)):
+        raise ValueError(f"every one of the {num_classes} classes needs training examples, got classes {present}: "
+                         "draw them with course_lib.data.sample_per_class.")
+    features, labels = features.detach().double().cpu(), labels.detach().long().cpu()
+    mean, scale = features.mean(0), features.std(0, correction=0).clamp_min(1e-8)
+    standardised = (features - mean) / scale
+    weight = torch.zeros(num_classes, features.shape[1], dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, history_size=20,
+                                  tolerance_grad=1e-7, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        # scikit-learn's objective divided by C * n: the mean cross-entropy plus |W|^2 / (2 C n).
+        loss = nn.functional.cross_entropy(standardised @ weight.T + bias, labels)
+        loss = loss + (weight**2).sum() / (2 * C * len(labels))
+        loss.backward()
+        return loss
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny matrix products: one thread is fastest, by far
+    try:
+        optimizer.step(objective)
+    finally:
+        torch.set_num_threads(threads)
+    head = nn.Linear(features.shape[1], num_classes)
+    with torch.no_grad():
+        folded = weight / scale
+        head.weight.copy_(folded.float())
+        head.bias.copy_((bias - folded @ mean).float())
+    return head

@@ -127,15 +127,22 @@ def batchnorm_drift(before: Mapping[str, torch.Tensor], after: Mapping[str, torc
 
 
 class FreezeBatchNorm(Callback):
-    """Keep every BatchNorm layer in eval mode during training, so its running statistics stay as pretrained.
+    """Keep BatchNorm layers in eval mode during training, so their running statistics stay as pretrained.
 
     ``fit`` calls ``model.train()`` at the start of every epoch; this callback then puts the
     BatchNorm layers back into eval mode. Their weight and bias still train if unfrozen; only the
-    normalisation statistics are kept. Chapter 19.2 shows why a frozen backbone needs this; 19.3
-    asks whether a fine-tuned one does.
+    normalisation statistics are kept. With ``frozen_only=True`` it keeps only the statistics of
+    BatchNorm layers whose parameters are all frozen, so that a frozen stage is frozen for real
+    (its weights *and* its statistics) while the stages that train adapt both. Chapter 19.2 shows
+    why a frozen backbone needs this; 19.3 asks whether a fine-tuned one does.
     """
+
+    def __init__(self, frozen_only: bool = False):
+        self.frozen_only = bool(frozen_only)
 
     def on_epoch_start(self, state: TrainerState) -> None:
         for module in state.model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
+                frozen = not any(p.requires_grad for p in module.parameters())
+                if frozen or not self.frozen_only:
+                    module.eval()

@@ -59,9 +59,17 @@ def linear_probe_accuracy(
     (``weight_decay``) for ``epochs`` passes over the training set, in full batches
     (``batch_size=None``) or seeded, shuffled mini-batches.
 
-    Logistic regression is convex, so the probe starts from zero weights: the result then depends
-    on the features, not on a random initialisation, and is the same on every call for a given
-    ``seed``. Features are ``(N, D)`` float tensors, labels int64 class indices ``(N,)``.
+    On frozen features the loss is convex in the weights and bias. Convex is not enough: on
+    features that separate the training classes (as good frozen features of a few hundred images
+    do) the plain cross-entropy has *no* finite minimiser, since scaling a separating ``W`` up
+    always lowers it, and the weights grow for as long as training runs. The L2 penalty
+    ``weight_decay / 2 * ||W||^2`` (``weight_decay > 0``) makes the objective strictly convex in
+    ``W`` and bounded below by a term that grows with ``||W||``, so it has a unique minimiser
+    (unique up to adding the same constant to every bias, which changes no prediction).
+    ``weight_decay=0`` is allowed, to show the difference, but then the result depends on how
+    long training runs. The probe starts from zero weights, so the result depends on the
+    features, not on a random initialisation, and is the same on every call for a given ``seed``.
+    Features are ``(N, D)`` float tensors, labels int64 class indices ``(N,)``.
     Returns the fraction of test examples classified correctly, a Python float.
     """
     train_features = check_feature_matrix(train_features, "train_features")

@@ -193,22 +193,129 @@ def test_config_serves_mathjax2_locally():
     assert config["myst_update_mathjax"] is False
 
 
+# --- one chapter, its lab a child page: titles and the table of contents ----------------------------
+
+@pytest.mark.parametrize("heading, expected", [
+    ("# 19.1 Why transfer works", "# 19.1 Lab: Why transfer works"),
+    ("# 19.3 Fine-tuning: a lower learning rate\n", "# 19.3 Lab: Fine-tuning: a lower learning rate"),
+    ("# Squares", "# Lab: Squares"),
+    ("# 19.1 Lab: Why transfer works", "# 19.1 Lab: Why transfer works"),  # converting twice
+])
+def test_lab_heading(heading, expected):
+    assert book_notebooks.lab_heading(heading) == expected
+
+
+def test_book_notebook_retitles_only_the_first_heading_as_a_lab():
+    notebook = make_instructor_notebook()
+    notebook.cells[0].source = "```python\n# 19.9 not a heading\n```\n# 19.9 Squares\n\nText.\n\n# Second"
+    result = book_notebooks.book_notebook(notebook, "full")
+    assert result["cells"][0]["source"] == "```python\n# 19.9 not a heading\n```\n# 19.9 Lab: Squares\n\nText.\n\n# Second"
+    assert book_notebooks.book_notebook(make_instructor_notebook())["cells"][0]["source"].startswith("# Lab: Squares\n")
+
+
+def test_a_notebook_without_a_title_is_an_error():
+    notebook = make_instructor_notebook()
+    notebook.cells[0].source = "## Only a subsection"
+    with pytest.raises(ValueError, match="squares.ipynb has no title.*'# 19.x Title'"):
+        book_notebooks.book_notebook(notebook, "full", name="squares.ipynb")
+
+
+def test_toc_nests_each_lab_under_its_chapter():
+    entries = chapter_entries()
+    assignments = sorted(path.name for path in (ROOT / "solutions").iterdir() if list(path.glob("*.ipynb")))
+    assert [Path(entry["file"]).name for entry in entries] == assignments, (
+        "_toc.yml's Chapters part should list one narrative page per assignment in solutions/, in order")
+    labs = {Path(target).stem for _, target in book_notebooks.notebook_targets(ROOT / "solutions", Path("book/notebooks"))}
+    for entry in entries:
+        assert entry["file"].startswith("book/19_") and (ROOT / f"{entry['file']}.md").is_file(), entry
+        sections = [section["file"] for section in entry.get("sections", [])]
+        expected = sorted(f"book/notebooks/{stem}" for stem in labs
+                          if stem == Path(entry["file"]).name or stem.startswith(Path(entry["file"]).name + "-"))
+        assert sections == expected, f"{entry['file']}: its lab pages should be its sections, found {sections}"
+
+
+def _first_heading(text: str) -> str:
+    return next(line.strip() for line in text.splitlines() if line.startswith("# "))
+
+
+LAB_TARGETS = book_notebooks.notebook_targets(ROOT / "solutions", ROOT / "book" / "notebooks")
+
+
+@pytest.mark.parametrize("source, target", LAB_TARGETS, ids=[target.stem for _, target in LAB_TARGETS])
+def test_each_lab_title_names_its_chapter_without_repeating_it(source, target):
+    chapter = _first_heading((ROOT / "book" / f"{target.stem.split('-')[0]}.md").read_text(encoding="utf-8"))
+    number = chapter.split()[1]
+    lab = book_notebooks.book_notebook(json.loads(source.read_text(encoding="utf-8")), "full", name=str(source))
+    title = _first_heading(next(cell["source"] for cell in lab["cells"] if cell["cell_type"] == "markdown"))
+    assert title.startswith(f"# {number} Lab: ") and title != chapter, (chapter, title)
+
+
+def _output_doctree():
+    """A myst-nb-like doctree: a cell with a progress-bar widget output and a text output."""
+    from docutils import nodes
+    from docutils.frontend import get_default_settings
+    from docutils.parsers.rst import Parser
+    from docutils.utils import new_document
+
+    document = new_document("lab", get_default_settings(Parser))
+
+    def bundle(*mime_types):
+        node = nodes.container(nb_element="mime_bundle")
+        for mime_type in mime_types:
+            node += nodes.container("", nodes.literal_block(text=f"{mime_type} data"), mime_type=mime_type)
+        return node
+
+    both = nodes.container(nb_element="cell_code_output")
+    both += bundle(book_notebooks.WIDGET_VIEW_MIME, "text/plain")
+    both += bundle("text/plain")
+    only_widget = nodes.container(nb_element="cell_code_output")
+    only_widget += bundle("text/plain", book_notebooks.WIDGET_VIEW_MIME)
+    document += nodes.container("", both, only_widget, nb_element="cell_code")
+    return document
+
+
+def test_widget_outputs_are_left_out_of_the_book():
+    document = _output_doctree()
+    assert book_notebooks.drop_widget_outputs(document) == 2
+    outputs = [node for node in document.findall() if getattr(node, "get", lambda _: None)("nb_element") == "cell_code_output"]
+    assert len(outputs) == 1, "an output box left empty by the removal should go too"
+    mime_types = [node.get("mime_type") for node in document.findall() if getattr(node, "get", lambda _: None)("mime_type")]
+    assert mime_types == ["text/plain"]
+
+
+def test_config_loads_the_widget_filter():
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]
+    assert sphinx["local_extensions"] == {"book_notebooks": "tools/"}
+    assert callable(book_notebooks.setup)
+    assert sphinx["config"]["nb_ipywidgets_js"] == {}, "the offline book loads no widget JavaScript"
+
+
 # --- the built book ------------------------------------------------------------------------------
 
-def chapter_pages() -> list[str]:
-    """The files listed under the "Chapters" part of _toc.yml (narratives and notebooks)."""
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+def chapter_entries(toc_path: Path = ROOT / "_toc.yml") -> list[dict]:
+    """The entries of the "Chapters" part of _toc.yml: ``{"file": narrative, "sections": [lab]}``."""
+    toc = yaml.safe_load(Path(toc_path).read_text())
     for part in toc.get("parts", []):
         if part.get("caption") == CHAPTERS_CAPTION:
-            return [entry["file"] for entry in part["chapters"]]
+            return part["chapters"]
     raise AssertionError(f"_toc.yml has no part captioned {CHAPTERS_CAPTION!r}")
+
+
+def chapter_pages() -> list[str]:
+    """The files listed under the "Chapters" part of _toc.yml: each narrative, then its lab."""
+    pages = []
+    for entry in chapter_entries():
+        pages.append(entry["file"])
+        pages += [section["file"] for section in entry.get("sections", [])]
+    return pages
 
 
 @pytest.fixture(scope="module")
 def built_book(tmp_path_factory) -> Path:
     """Build a copy of the book in the smoke profile; return its folder (HTML in _build/html)."""
     source = tmp_path_factory.mktemp("book")
-    for name in ("_config.yml", "_toc.yml"):
+    for name in ("_config.yml", "_toc.yml", "tools/book_notebooks.py"):  # the last is a Sphinx extension too
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     shutil.copytree(ROOT / "book", source / "book", ignore=shutil.ignore_patterns("notebooks", ".ipynb_checkpoints"))
     shutil.copytree(ROOT / "solutions", source / "solutions", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
@@ -262,6 +369,136 @@ def _parse(markup: str) -> _TextAndImages:
     parser = _TextAndImages()
     parser.feed(markup)
     return parser
+
+
+class _VisibleText(HTMLParser):
+    """A page's text as a reader sees it: without <script> and <style> contents (widget state, code)."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self._skipping = 0
+
+    def handle_starttag(self, tag, attrs):
+        self._skipping += tag in ("script", "style")
+
+    def handle_endtag(self, tag):
+        self._skipping -= tag in ("script", "style") and self._skipping > 0
+
+    def handle_data(self, data):
+        if not self._skipping:
+            self.text.append(data)
+
+
+def visible_text(markup: str) -> str:
+    parser = _VisibleText()
+    parser.feed(markup)
+    return "".join(parser.text)
+
+
+# A tqdm bar as drawn before it ran: "  0%|          | 0/1 [00:00<?, ?it/s]".
+FROZEN_BAR = re.compile(r"(?<![\d.])0%\|")
+
+
+@pytest.mark.notebook
+def test_no_frozen_progress_bars_in_the_book(built_book):
+    for page in chapter_pages():
+        text = visible_text(built_page(built_book, page).read_text(encoding="utf-8"))
+        frozen = [line.strip() for line in text.splitlines() if FROZEN_BAR.search(line)]
+        assert not frozen, (f"{page} shows progress bars frozen at 0% (a widget's text fallback): {frozen[:3]}; "
+                            "tools/book_notebooks.py's Sphinx extension should have left them out")
+
+
+@pytest.mark.notebook
+def test_each_lab_is_titled_as_its_chapters_lab(built_book):
+    for entry in chapter_entries(built_book / "_toc.yml"):
+        chapter = visible_text(re.search(r"<h1.*?</h1>", built_page(built_book, entry["file"]).read_text(encoding="utf-8"), re.S)[0])
+        number = chapter.split()[0]
+        for section in entry.get("sections", []):
+            markup = built_page(built_book, section["file"]).read_text(encoding="utf-8")
+            title = visible_text(re.search(r"<h1.*?</h1>", markup, re.S)[0]).strip().rstrip("#").strip()
+            assert title.startswith(f"{number} Lab: "), f"{section['file']} is titled {title!r}"
+            assert title != chapter.strip().rstrip("#").strip()
+            # In the navigation the lab is the chapter's child: a second-level entry under it.
+            chapter_markup = built_page(built_book, entry["file"]).read_text(encoding="utf-8")
+            link = f'href="{Path(section["file"]).relative_to(Path(entry["file"]).parent).as_posix()}.html"'
+            assert re.search(r'<li class="toctree-l2[^"]*"><a[^>]*' + re.escape(link), chapter_markup), (
+                f"{entry['file']}'s navigation does not list {section['file']} as its child page")
+
+
+# --- glue: the narrative's numbers come from its lab, and a missing one fails the build ----------------
+
+GLUING_CELL = """from myst_nb import glue
+from tqdm.auto import tqdm
+for _ in tqdm(range(3), desc="runs"):
+    pass
+glue("accuracy", 0.8765, display=False)
+glue("fraction", 0.4567, display=False)
+glue("count", 12, display=False)
+"""
+
+
+def build_glue_book(folder: Path, narrative: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Build a two-page book like the course's (a chapter page, its lab notebook as a child) with -W.
+
+    The lab glues ``accuracy`` = 0.8765, ``fraction`` = 0.4567 and ``count`` = 12, and shows a
+    tqdm bar. Returns the build's result and the HTML folder.
+    """
+    (folder / "book" / "notebooks").mkdir(parents=True)
+    (folder / "_build" / "mathjax").mkdir(parents=True)  # html_static_path must exist
+    (folder / "tools").mkdir()
+    shutil.copy2(ROOT / "_config.yml", folder / "_config.yml")
+    shutil.copy2(ROOT / "tools" / "book_notebooks.py", folder / "tools" / "book_notebooks.py")
+    (folder / "_toc.yml").write_text(
+        "format: jb-book\nroot: book/intro\nparts:\n  - caption: Chapters\n    chapters:\n"
+        "      - file: book/19_9_demo\n        sections:\n          - file: book/notebooks/19_9_demo\n")
+    (folder / "book" / "intro.md").write_text("# Intro\n\nA fixture book.\n")
+    (folder / "book" / "19_9_demo.md").write_text(narrative)
+    lab = new_notebook(cells=[new_markdown_cell("# 19.9 Lab: Demo"), new_code_cell(GLUING_CELL)])
+    lab.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(lab, folder / "book" / "notebooks" / "19_9_demo.ipynb")
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    build = subprocess.run([str(jupyter_book), "build", str(folder), "--all", "--warningiserror", "--keep-going"],
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    return build, folder / "_build" / "html" / "book"
+
+
+@pytest.mark.notebook
+def test_cross_page_glue_pastes_the_labs_numbers(tmp_path):
+    # The forms CONTRIBUTING.md documents: the lab's path relative to the page, .ipynb included,
+    # and for {glue:text} always a format spec (without one myst-nb 1.4 misreads the role).
+    narrative = (
+        "# 19.9 Demo\n\n"
+        "A: {glue:text}`notebooks/19_9_demo.ipynb::accuracy:.1f` end.\n\n"
+        "B: {glue:text}`notebooks/19_9_demo.ipynb::fraction:.0%` end.\n\n"
+        "C: {glue:text}`/book/notebooks/19_9_demo.ipynb::accuracy:.3f` end.\n\n"
+        "D: {glue}`notebooks/19_9_demo.ipynb::count` end.\n\n"
+        "E: about 91.5% on CIFAR-10 (Kornblith et al., 2019) <!-- published --> end.\n"
+    )
+    build, html_dir = build_glue_book(tmp_path, narrative)
+    assert build.returncode == 0, build.stdout[-4000:] + build.stderr[-4000:]
+    text = " ".join(visible_text((html_dir / "19_9_demo.html").read_text(encoding="utf-8")).split())
+    for pasted in ("A: 0.9 end.", "B: 46% end.", "C: 0.876 end.", "D: 12 end.", "(Kornblith et al., 2019) end."):
+        assert pasted in text, f"{pasted!r} not in the page: {text[:600]}"
+    assert "published" not in text, "the <!-- published --> marker should be invisible"
+    lab = visible_text((html_dir / "notebooks" / "19_9_demo.html").read_text(encoding="utf-8"))
+    assert not FROZEN_BAR.search(lab), "the lab's tqdm bar shows frozen at 0%"
+
+
+@pytest.mark.notebook
+def test_a_missing_or_misspelt_glue_reference_fails_the_build(tmp_path):
+    narrative = (
+        "# 19.9 Demo\n\n"
+        "M: {glue:text}`notebooks/19_9_demo.ipynb::never_glued:.1f` end.\n\n"
+        "N: {glue:text}`notebooks/19_9_demo::accuracy:.1f` end.\n\n"  # no .ipynb
+        "O: {glue:text}`notebooks/19_9_demo.ipynb::accuracy` end.\n"  # no format spec
+    )
+    build, _ = build_glue_book(tmp_path, narrative)
+    log = build.stdout + build.stderr
+    assert build.returncode != 0, f"the build passed despite bad glue references:\n{log[-4000:]}"
+    assert "Glue reference 'never_glued' not found in doc 'book/notebooks/19_9_demo'" in log, log[-4000:]
+    assert "19_9_demo.md:5: WARNING: Pending glue reference document not found" in log, log[-4000:]
+    assert "19_9_demo.md:7: WARNING: No key 'notebooks/19_9_demo.ipynb:' found" in log, log[-4000:]
 
 
 def _hidden_test_lines(solutions: Path) -> set[str]:

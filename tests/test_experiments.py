@@ -16,7 +16,7 @@ from course_lib.experiments import (
 )
 from course_lib.callbacks import LambdaCallback
 from course_lib.forgetting import weight_drift
-from course_lib.models import get_head
+from course_lib.models import get_head, replace_head
 
 from fine_tuning_toys import images_loader, one_thread, tiny_resnet  # noqa: F401 (one_thread is an autouse fixture)
 from toy import NUM_CLASSES, colour_images
@@ -223,6 +223,19 @@ def test_fine_tune_copy_is_reproducible_per_seed():
     assert not torch.equal(get_head(runs[0]).weight, get_head(runs[2]).weight)
 
 
+def test_fine_tune_copy_starts_from_a_given_head_without_changing_it():
+    pretrained, dataset = tiny_resnet(), images_loader(n=12).dataset
+    start = nn.Linear(get_head(replace_head(tiny_resnet(), 3)).in_features, 3)
+    before = copy.deepcopy(start.state_dict())
+    model, _ = fine_tune_copy(pretrained, dataset, torch.arange(6), num_classes=3, seed=0, epochs=1,
+                              batches_per_epoch=1, batch_size=3, strategy="linear probe", lr=1e-9, head=start)
+    assert get_head(model) is not start and all(torch.equal(before[k], v) for k, v in start.state_dict().items())
+    assert torch.allclose(get_head(model).weight, start.weight, atol=1e-6), "the run starts from the given head"
+    with pytest.raises(ValueError, match="head must be a layer like the model's own head"):
+        fine_tune_copy(pretrained, dataset, torch.arange(6), num_classes=3, seed=0, epochs=1, batches_per_epoch=1,
+                       batch_size=3, strategy="full", lr=1e-3, head=nn.Linear(7, 3))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(batches_per_epoch=0), "positive ints"),
     (dict(batch_size=True), "positive ints"),
@@ -265,3 +278,15 @@ def test_compare_with_rule_names_the_best_strategy_and_the_gap():
 def test_compare_with_rule_needs_the_rules_strategies():
     with pytest.raises(KeyError, match="not in accuracy's strategies"):
         compare_with_rule({"probe": np.zeros((1, 2))}, [100], 10, {"partial": "partial (last stage)"})
+
+
+def test_scratch_curve_entry_e_is_scratch_accuracy_at_e_epochs():
+    from course_lib.experiments import scratch_curve
+
+    train, test = colour_images(48, seed=0), colour_images(30, seed=1)
+    curve = scratch_curve(TinyCNN, train, test, epochs=3, batch_size=16, seed=2)
+    assert len(curve) == 3 and all(0.0 <= value <= 1.0 for value in curve)
+    for epochs in (1, 3):
+        assert curve[epochs - 1] == scratch_accuracy(TinyCNN, train, test, epochs=epochs, batch_size=16, seed=2)
+    with pytest.raises(TypeError, match="function"):
+        scratch_curve(TinyCNN(), train, test, epochs=2)

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from torch import nn
 
-from course_lib.callbacks import LambdaCallback, TrackMetric
+from course_lib.callbacks import Callback, LambdaCallback, TrackMetric
 from course_lib.finetuning import (
     STRATEGIES, GradualUnfreezing, fine_tune, layerwise_lr_groups, train_last_stages, trainable_groups_at,
 )
@@ -378,7 +378,21 @@ def test_partial_trains_the_head_and_the_last_k_stages(k, expected):
     model, pretrained, stats, history = run("partial", k=k)
     assert moved(model, pretrained) == expected
     assert rates(history[0]) == {LR}
-    assert bn_changed_layers(stats, model), "without freeze_batchnorm the statistics update"
+    # A frozen stage is frozen for real: its BatchNorm statistics stay; the trained stages' update.
+    changed = bn_changed_layers(stats, model)
+    assert changed and all(name.split(".")[0] in expected for name in changed), changed
+
+
+def test_partial_with_update_all_lets_frozen_stages_statistics_move_too():
+    model, pretrained, stats, _ = run("partial", k=1, batchnorm="update all")
+    assert moved(model, pretrained) == {"stage4", "head"}
+    assert {name.split(".")[0] for name in bn_changed_layers(stats, model)} >= {"stem", "stage1", "stage4"}
+
+
+def test_gradual_keeps_the_statistics_of_groups_still_frozen():
+    model, pretrained, stats, _ = run("gradual", epochs=2, every=1)
+    # After 2 epochs only stage4 and the head have trained: every other stage's statistics are as pretrained.
+    assert {name.split(".")[0] for name in bn_changed_layers(stats, model)} == {"stage4"}
 
 
 def test_partial_with_a_bad_k_is_a_value_error():
@@ -405,10 +419,71 @@ def test_full_starts_from_a_frozen_model_too():
     assert moved(model, pretrained) == set(COURSE_GROUPS)
 
 
-def test_freeze_batchnorm_option_keeps_statistics_in_full_fine_tuning():
-    model, pretrained, stats, _ = run("full", freeze_batchnorm=True)
+def test_keep_all_keeps_statistics_in_full_fine_tuning():
+    model, pretrained, stats, _ = run("full", batchnorm="keep all")
     assert bn_unchanged(stats, model)
     assert moved(model, pretrained) == set(COURSE_GROUPS)
+
+
+def test_linear_probe_with_update_all_changes_only_statistics_and_head():
+    model, pretrained, stats, _ = run("linear probe", batchnorm="update all")
+    assert moved(model, pretrained) == {"head"}
+    assert bn_changed_layers(stats, model) == set(stats)
+
+
+@pytest.mark.parametrize(("kind", "optimizer_class"), [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_choice(kind, optimizer_class):
+    seen = []
+
+    class Spy(Callback):
+        def on_epoch_start(self, state):
+            seen.append(type(state.optimizer))
+
+    run("full", epochs=1, optimizer=kind, callbacks=[Spy()])
+    assert seen == [optimizer_class]
+
+
+def test_one_cycle_schedule_warms_up_then_anneals_every_group():
+    model, _, _, history = run("full", epochs=3, head_lr=HEAD_LR, schedule="one-cycle")
+    first, last = history[0]["lr"], history[-1]["lr"]
+    assert first == pytest.approx([LR / 25, HEAD_LR / 25]), "OneCycleLR starts every group at its rate / 25"
+    assert all(a < b for a, b in zip(history[1]["lr"], [LR, HEAD_LR])) or history[1]["lr"] != first
+    assert last[1] / last[0] == pytest.approx(HEAD_LR / LR), "the groups keep their ratio along the schedule"
+
+
+def test_one_cycle_needs_two_steps_and_works_with_two():
+    with pytest.raises(ValueError, match="at least 2 training steps"):
+        fine_tune(tiny_resnet(), images_loader(n=4), "full", epochs=1, lr=LR, schedule="one-cycle")
+    fine_tune(tiny_resnet(), images_loader(n=16), "full", epochs=1, lr=LR, schedule="one-cycle")
+
+
+@pytest.mark.parametrize(("option", "value"), [("batchnorm", "frozen"), ("optimizer", "adam"), ("schedule", "cosine")])
+def test_unknown_choices_are_value_errors_that_list_the_choices(option, value):
+    with pytest.raises(ValueError, match=f"Unknown {option} {value!r}: choose one of"):
+        run("full", **{option: value})
+
+
+def test_probe_head_is_a_converged_probe_that_reads_raw_features():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from course_lib.finetuning import probe_head
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.arange(60) % 3
+    features = torch.randn(60, 5, generator=generator) * 4 + 10 + labels[:, None] * torch.tensor([3.0, 0, 0, 0, 0])
+    threads = torch.get_num_threads()
+    head = probe_head(features, labels, 3, C=0.5)
+    assert torch.get_num_threads() == threads, "probe_head restores the number of threads"
+    scaler = StandardScaler().fit(features.double().numpy())
+    reference = LogisticRegression(C=0.5, max_iter=2000).fit(scaler.transform(features.double().numpy()), labels.numpy())
+    expected = reference.decision_function(scaler.transform(features.double().numpy()))
+    assert isinstance(head, nn.Linear) and head.weight.shape == (3, 5)
+    assert torch.allclose(head(features).double(), torch.as_tensor(expected), atol=1e-3), "standardisation folded in"
+    with pytest.raises(ValueError, match="every one of the 4 classes"):
+        probe_head(features, labels, 4)
+    with pytest.raises(ValueError, match="2-D tensor"):
+        probe_head(features[:, :, None], labels, 3)
 
 
 def test_discriminative_records_the_layerwise_rates_and_moves_the_stem():
@@ -522,3 +597,13 @@ def test_bad_rates_are_a_value_error(name, value):
 def test_fine_tune_needs_a_module():
     with pytest.raises(TypeError, match="fine_tune needs the whole model"):
         fine_tune(tiny_resnet().state_dict(), images_loader(), "full", epochs=1, lr=LR)
+
+
+def test_pretraining_rate_matches_the_course_recipe_and_explains_unknown_backbones():
+    from course_lib import pretrain
+    from course_lib.finetuning import pretraining_rate
+
+    assert pretraining_rate("course-resnet")[0] == pretrain.DEFAULTS["lr"]
+    assert pretraining_rate("resnet18")[0] == 0.1
+    with pytest.raises(ValueError, match="No pretraining rate is recorded for 'vit'"):
+        pretraining_rate("vit")

@@ -173,3 +173,30 @@ def test_bad_k_and_metric_are_explained():
         knn_predict(FEATURES, LABELS, FEATURES, k=0)
     with pytest.raises(ValueError, match="Unknown metric 'l2'"):
         knn_predict(FEATURES, LABELS, FEATURES, metric="l2")
+
+
+def test_mlp_head_learns_a_non_linear_task_a_linear_probe_cannot():
+    from course_lib.heads import mlp_head_accuracy
+    from course_lib.probes import linear_probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    def xor(count):
+        x = torch.randn(count, 2, generator=g)
+        return x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long()
+    train_x, train_y = xor(400)
+    test_x, test_y = xor(400)
+    state = torch.random.get_rng_state()
+    mlp = mlp_head_accuracy(train_x, train_y, test_x, test_y, hidden=32, steps=400, lr=1e-2)
+    assert torch.equal(state, torch.random.get_rng_state()), "the MLP head must not touch the global random state"
+    assert mlp > 0.9 and linear_probe_accuracy(train_x, train_y, test_x, test_y) < 0.7
+    assert mlp == mlp_head_accuracy(train_x, train_y, test_x, test_y, hidden=32, steps=400, lr=1e-2)
+
+
+def test_mlp_head_rejects_bad_settings():
+    from course_lib.heads import mlp_head_accuracy
+
+    x, y = torch.randn(10, 4), torch.arange(10) % 2
+    with pytest.raises(ValueError, match="hidden"):
+        mlp_head_accuracy(x, y, x, y, hidden=0)
+    with pytest.raises(ValueError, match="dimensions"):
+        mlp_head_accuracy(x, y, torch.randn(10, 5), y)

@@ -171,3 +171,23 @@ def test_curve_checks_layers_and_pool_before_extracting(target_data):
         transferability_curve(model, train, test, ["stage1", "stage9"])
     with pytest.raises(ValueError, match="2-D features"):
         transferability_curve(model, train, test, ["stage1"], pool="none")
+
+
+def test_without_a_penalty_separable_features_have_no_finite_minimiser_and_with_one_the_weights_settle():
+    # Two well separated clusters: the plain cross-entropy keeps falling as W grows, so its weights
+    # grow for as long as training runs; the L2 penalty gives a unique, finite minimiser.
+    from course_lib.probes import _train_linear_classifier
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(40) % 2
+    features = torch.randn(40, 3, generator=g) + 4.0 * (2 * labels[:, None] - 1)
+
+    def weight_norm(epochs, weight_decay):
+        weight, _ = _train_linear_classifier(features, labels, epochs, 0.05, weight_decay, None, 0)
+        return float(weight.norm())
+
+    free = [weight_norm(epochs, 0.0) for epochs in (200, 800, 1600)]
+    assert free[0] < free[1] < free[2] and free[2] > 1.1 * free[0], free  # still growing
+    held_short, held_long = weight_norm(800, 0.05), weight_norm(1600, 0.05)
+    assert abs(held_long - held_short) < 0.001 * held_short, (held_short, held_long)
+    assert held_long < free[2]

@@ -53,8 +53,9 @@ def real_files(tmp_path_factory) -> RealFiles:
     """Stand-in data and weights, shared by every notebook (with one feature cache, as for a student)."""
     root = tmp_path_factory.mktemp("real-world")
     data_dir, torch_home = root / "data", root / "torch"
-    write_cifar10(data_dir)
-    write_svhn(data_dir)
+    # 16 training images per class: 19.3's largest training set at smoke size.
+    write_cifar10(data_dir, train_per_class=16)
+    write_svhn(data_dir, train_per_class=16)
     has_mnist_usps = link_shared_mnist_usps(data_dir)
     checkpoint, state = write_resnet18_checkpoint(torch_home)
     reference = load_backbone("resnet18", pretrained=False)

@@ -13,13 +13,23 @@ What it writes (both are generated, gitignored, and rewritten on every run):
     regions are deleted, the solution markers are deleted, solution cells are collapsed behind a
     "show code" toggle (myst-nb tag ``hide-input``) so a reader can try first and then look, or,
     in the ``no-solutions`` edition, their code is dropped from the page (tag ``remove-input``;
-    their outputs stay). nbgrader's metadata is stripped.
+    their outputs stay). nbgrader's metadata is stripped. The notebook's title (its first ``# ``
+    heading, ``# 19.1 Why transfer works``) becomes ``# 19.1 Lab: Why transfer works``: in the
+    table of contents the notebook is a child page of its chapter's narrative page (``_toc.yml``),
+    so it must not repeat the chapter's title.
 
 ``_build/mathjax/mathjax``
     a link to (or copy of) MathJax 2.7 from the ``jupyter-server-mathjax`` package, so that math
     renders without a network. ``_config.yml`` lists ``_build/mathjax`` in ``html_static_path``;
     it must not live under ``_static/``, because Jupyter Book turns every ``.js`` file there
     into a ``<script>`` tag.
+
+The module is also a Sphinx extension (``setup``; ``_config.yml`` loads it through
+``sphinx.local_extensions``) that leaves ipywidget outputs out of the executed book: tqdm's
+progress bars, which would otherwise show as frozen ``0%|          | 0/1`` lines. Students in
+JupyterLab still see live bars; only the book drops them. (tqdm's ``TQDM_DISABLE`` environment
+variable cannot do this: tqdm 4.70 lets an explicit ``disable=`` argument win over it, and both
+``course_lib`` and ``tqdm.notebook`` pass one.)
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +49,11 @@ BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 # Text that only belongs in the students' version (nbgrader's stubs) or in the instructor's.
 FORBIDDEN_IN_BOOK = ("### BEGIN", "### END", "YOUR CODE HERE", "YOUR ANSWER HERE")
+# "# 19.1 Why transfer works" -> number "19.1", rest "Why transfer works".
+_NUMBERED_TITLE = re.compile(r"#\s+(?P<number>\d+(?:\.\d+)*)\s+(?P<rest>.+)")
+LAB = "Lab:"
+# ipywidgets (tqdm's progress bars) need widget JavaScript the offline book does not load.
+WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def _strip_regions(source: str, begin: str, end: str, keep_inside: bool, where: str) -> str:
@@ -114,6 +130,43 @@ def book_cell(cell: dict, edition: str, where: str = "cell") -> dict | None:
     return cell
 
 
+def lab_heading(line: str) -> str:
+    """``# 19.1 Why transfer works`` -> ``# 19.1 Lab: Why transfer works`` (unnumbered: ``# Lab: ...``).
+
+    A heading that already says ``Lab:`` is returned unchanged, so converting twice is harmless.
+    """
+    title = line.strip()
+    if not title.startswith("# "):
+        raise ValueError(f"{line!r} is not a level-1 markdown heading ('# Title').")
+    if LAB in title:
+        return title
+    numbered = _NUMBERED_TITLE.fullmatch(title)
+    if numbered:
+        return f"# {numbered['number']} {LAB} {numbered['rest'].strip()}"
+    return f"# {LAB} {title[2:].strip()}"
+
+
+def retitle_as_lab(cells: list[dict], name: str = "notebook") -> None:
+    """Rewrite the notebook's first ``# `` heading (outside code fences) with :func:`lab_heading`, in place."""
+    for cell in cells:
+        if cell.get("cell_type") != "markdown":
+            continue
+        lines = cell["source"].splitlines(keepends=True)
+        fenced = False
+        for index, line in enumerate(lines):
+            if line.lstrip().startswith(("```", "~~~")):
+                fenced = not fenced
+            elif not fenced and line.startswith("# "):
+                ending = line[len(line.rstrip("\r\n")):]
+                lines[index] = lab_heading(line) + ending
+                cell["source"] = "".join(lines)
+                return
+    raise ValueError(
+        f"{name} has no title: the book names a chapter's lab page after the notebook's first "
+        f"'# ' heading, so start its first markdown cell with '# 19.x Title' (in solutions/)."
+    )
+
+
 def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook") -> dict:
     """Return the reader's version of an instructor (nbgrader source) notebook, as nbformat JSON."""
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
@@ -125,6 +178,7 @@ def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook")
         converted = book_cell(cell, edition, where=f"{name}, cell {index}")
         if converted is not None:
             cells.append(converted)
+    retitle_as_lab(cells, name)
     result["cells"] = cells
     return result
 
@@ -201,6 +255,44 @@ def install_mathjax(build_dir: Path) -> Path:
     except OSError:
         shutil.copytree(source, target)
     return target
+
+
+def drop_widget_outputs(document) -> int:
+    """Delete the outputs that carry an ipywidget (tqdm's bars) from a myst-nb doctree; return how many.
+
+    In a live notebook a progress bar is a widget; the book renders no widgets (``_config.yml``),
+    and the widget's plain-text fallback is the bar as it was drawn, before it ran: a frozen
+    ``0%|          | 0/1``. Readers lose nothing by not seeing it.
+    """
+    from docutils import nodes
+
+    def is_widget_bundle(node) -> bool:
+        return (isinstance(node, nodes.container) and node.get("nb_element") == "mime_bundle"
+                and any(child.get("mime_type") == WIDGET_VIEW_MIME for child in node.children))
+
+    dropped = 0
+    for bundle in list(document.findall(is_widget_bundle)):
+        parent = bundle.parent
+        parent.remove(bundle)
+        dropped += 1
+        if not parent.children and parent.get("nb_element") == "cell_code_output":
+            parent.parent.remove(parent)  # no empty output box under the cell
+    return dropped
+
+
+def setup(app):
+    """Sphinx extension (``_config.yml``: ``sphinx.local_extensions``): leave widget outputs out."""
+    from sphinx.transforms.post_transforms import SphinxPostTransform
+
+    class DropWidgetOutputs(SphinxPostTransform):
+        # Before myst-nb's SelectMimeType (priority 4) would render the widget's text fallback.
+        default_priority = 3
+
+        def run(self, **kwargs) -> None:
+            drop_widget_outputs(self.document)
+
+    app.add_post_transform(DropWidgetOutputs)
+    return {"parallel_read_safe": True, "parallel_write_safe": True}
 
 
 def main(argv: list[str] | None = None) -> int:
