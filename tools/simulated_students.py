@@ -158,24 +158,33 @@ def secret_reader(chapter: Chapter, instructor_paths: list[Path]):
     instructor notebooks) into a file; the last exercise's function fails its visible tests with all
     of it as the message, which is what the feedback shows. No hidden line may be in that message."""
     *others, last = chapter.exercises
+    # Each distinct call stack is spied on once: a hidden test that calls the function hundreds of
+    # times from one loop shows nothing new after the first call, and spying costs time.
     spy = f'''
 import inspect, os, sys
+_caller, _stack = sys._getframe(1), []
+while _caller is not None:
+    _stack.append((_caller.f_code.co_filename, _caller.f_code.co_name, _caller.f_lineno))
+    _caller = _caller.f_back
+_spied = sys.__dict__.setdefault("_course_spied_stacks", set())
 _seen = []
-for _frame in inspect.stack()[1:]:
-    try:
-        _seen.append(inspect.getsource(_frame.frame))
-    except Exception:
-        pass
-    _seen.append(repr({{k: repr(v)[:300] for k, v in _frame.frame.f_locals.items()}}))
-import json as _json
-for _path in {[str(p) for p in instructor_paths]!r}:
-    try:
-        for _cell in _json.load(open(_path))["cells"]:  # the hidden tests first: messages are cut short
-            _text = "".join(_cell["source"])
-            if "BEGIN HIDDEN TESTS" in _text:
-                _seen.insert(0, _text.split("BEGIN HIDDEN TESTS", 1)[1])
-    except Exception as _error:
-        _seen.append("could not read: " + repr(_error))
+if tuple(_stack) not in _spied:
+    _spied.add(tuple(_stack))
+    for _frame in inspect.stack()[1:]:
+        try:
+            _seen.append(inspect.getsource(_frame.frame))
+        except Exception:
+            pass
+        _seen.append(repr({{k: repr(v)[:300] for k, v in _frame.frame.f_locals.items()}}))
+    import json as _json
+    for _path in {[str(p) for p in instructor_paths]!r}:
+        try:
+            for _cell in _json.load(open(_path))["cells"]:  # the hidden tests first: messages are cut short
+                _text = "".join(_cell["source"])
+                if "BEGIN HIDDEN TESTS" in _text:
+                    _seen.insert(0, _text.split("BEGIN HIDDEN TESTS", 1)[1])
+        except Exception as _error:
+            _seen.append("could not read: " + repr(_error))
 with open({LEAK_FILE!r}, "a") as _leak:
     _leak.write("\\n".join(_seen))
 '''
