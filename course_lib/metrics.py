@@ -2,6 +2,7 @@
 
 - :func:`accuracy` of logits against class labels (every chapter; ``fit`` logs it);
 - :func:`linear_cka` and :func:`cka_matrix`: how similar two representations are (19.1);
+- :func:`smooth_energy_fraction`: how much of a first-layer filter bank is smooth (19.1);
 - :func:`box_iou`, :func:`box_iou_matched` and :func:`mask_iou`: how well predicted boxes and
   masks overlap the true ones (19.6);
 - :func:`mean_confidence_interval`: a mean over seeds or few-shot episodes with its 95% interval (19.5).
@@ -21,7 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["accuracy", "box_iou", "box_iou_matched", "cka_matrix", "linear_cka", "mask_iou", "mean_confidence_interval"]
+__all__ = [
+    "accuracy", "box_iou", "box_iou_matched", "cka_matrix", "linear_cka", "mask_iou", "mean_confidence_interval",
+    "smooth_energy_fraction",
+]
 
 Array = torch.Tensor | np.ndarray
 _MATRIX_POOLS = ("flatten", "avg")
@@ -171,7 +175,12 @@ def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> fl
     [0, 1], is 1 for identical representations, and does not change when either representation is
     rotated (an orthogonal transform) or scaled by a number, but it *does* change under a general
     invertible linear map: stretching some directions more than others changes what is similar.
-    Independent random features give a value near 0 (about ``sqrt(D1 * D2) / N``).
+    Independent features do *not* give 0: for independent isotropic Gaussian features the
+    expected value is about ``sqrt(D1 * D2 / ((N + D1) * (N + D2)))``, which is close to
+    ``sqrt(D1 * D2) / N`` only while both widths are much smaller than N, and approaches 1 as
+    the widths grow past N (N = 256: about 0.06 at D = 16, but 0.67 at D = 512). So compare CKA
+    values with a control measured on the same N and widths, e.g. the same pair with the rows of
+    one representation shuffled.
 
     Computed in float64. Returns a Python float.
     """
@@ -190,6 +199,39 @@ def linear_cka(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) -> fl
         cross = (gram_x * gram_y).sum()
         norm_x, norm_y = torch.linalg.matrix_norm(gram_x), torch.linalg.matrix_norm(gram_y)
     return _clip_unit(float(cross / (norm_x * norm_y)))
+
+
+def smooth_energy_fraction(weight: torch.Tensor | np.ndarray) -> float:
+    """Share of a convolution's weight energy in the smooth patterns of each kernel (19.1).
+
+    ``weight`` is a convolution's ``(C_out, C_in, k, k)`` weight (square kernels, ``k >= 2``).
+    Every ``k x k`` kernel (one per output and input channel) is projected onto three orthonormal
+    patterns: the constant, a left-to-right linear ramp and a top-to-bottom linear ramp (each
+    centred on the kernel and scaled to unit norm). The result pools all kernels: the projected
+    squared norm summed over kernels divided by the total squared norm, so a kernel with large
+    weights counts more. Colour blobs (constant kernels) and dark/light edges (ramps) score high;
+    weights drawn independently with mean zero score ``3 / k**2`` on average (1/3 for 3x3), since
+    their energy is spread evenly over the ``k**2`` orthonormal patterns of a kernel.
+
+    Computed in float64. Returns a Python float in [0, 1].
+    """
+    weight = torch.as_tensor(weight)
+    if weight.ndim != 4 or weight.shape[-1] != weight.shape[-2] or weight.shape[-1] < 2:
+        raise ValueError(
+            f"Expected a convolution weight shaped (C_out, C_in, k, k) with square kernels, k >= 2; "
+            f"got shape {tuple(weight.shape)}. Pass e.g. `conv.weight.detach()` of an nn.Conv2d."
+        )
+    kernels = weight.detach().double().reshape(-1, weight.shape[-2], weight.shape[-1])
+    total = kernels.square().sum()
+    if total == 0:
+        raise ValueError("The weight is all zeros, so it has no energy to divide: pass a trained or initialised weight.")
+    size = kernels.shape[-1]
+    ramp = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    patterns = torch.stack([torch.ones(size, size, dtype=torch.float64),
+                            ramp[None, :].expand(size, size), ramp[:, None].expand(size, size)])
+    patterns = patterns / torch.linalg.vector_norm(patterns, dim=(1, 2), keepdim=True)
+    projections = torch.einsum("kij,pij->kp", kernels, patterns)
+    return _clip_unit(float(projections.square().sum() / total))
 
 
 def cka_matrix(

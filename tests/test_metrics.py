@@ -11,7 +11,10 @@ from scipy import stats
 from sklearn.metrics import jaccard_score
 
 from course_lib.activations import capture_activations
-from course_lib.metrics import accuracy, box_iou, box_iou_matched, cka_matrix, linear_cka, mask_iou, mean_confidence_interval
+from course_lib.metrics import (
+    accuracy, box_iou, box_iou_matched, cka_matrix, linear_cka, mask_iou, mean_confidence_interval,
+    smooth_energy_fraction,
+)
 from course_lib.models import load_backbone
 from course_lib.world.render import boxes_from_masks
 
@@ -349,3 +352,53 @@ def test_accuracy_counts_top_logits_and_soft_labels():
     with pytest.raises(ValueError, match=r"shaped \(N, classes\)"):
         accuracy(logits[0], torch.tensor([0]))
 
+
+
+def test_cka_of_independent_features_grows_with_width_over_examples():
+    # The expected CKA of independent features is about D / (N + D) for equal widths D: small
+    # only while D << N. The docstring's estimate is checked against a measurement.
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    for d in (16, 512):
+        values = [linear_cka(torch.randn(n, d, generator=g), torch.randn(n, d, generator=g)) for _ in range(4)]
+        estimate = math.sqrt(d * d / ((n + d) * (n + d)))
+        assert np.mean(values) == pytest.approx(estimate, abs=0.03)
+    narrow = linear_cka(torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g))
+    wide = linear_cka(torch.randn(n, 512, generator=g), torch.randn(n, 512, generator=g))
+    assert narrow < 0.1 and wide > 0.6  # unrelated, yet "similar" when the features are wide
+
+
+def test_smooth_energy_fraction_known_values():
+    constant = torch.ones(4, 3, 3, 3)
+    assert smooth_energy_fraction(constant) == pytest.approx(1.0)
+    ramp = torch.arange(5.0)[None, :].expand(5, 5) - 2.0
+    assert smooth_energy_fraction(ramp.reshape(1, 1, 5, 5)) == pytest.approx(1.0)
+    checker = (torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])).reshape(1, 1, 3, 3)
+    assert smooth_energy_fraction(checker) == pytest.approx(1 / 81)  # only its mean (1/9) is smooth
+
+
+def test_smooth_energy_fraction_of_random_weights_is_three_over_k_squared():
+    g = torch.Generator().manual_seed(1)
+    for k in (3, 5):
+        weight = torch.randn(64, 16, k, k, generator=g)
+        assert smooth_energy_fraction(weight) == pytest.approx(3 / k**2, abs=0.02)
+
+
+def test_smooth_energy_fraction_pools_kernels_by_energy():
+    smooth = torch.ones(1, 1, 3, 3)
+    checker = torch.tensor([[1.0, -1.0, 1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, 1.0]])
+    rough = (checker - checker.mean()).reshape(1, 1, 3, 3)  # no smooth part at all
+    assert smooth_energy_fraction(rough) == pytest.approx(0.0, abs=1e-12)
+    value = smooth_energy_fraction(torch.cat([smooth, 10 * rough]))
+    assert value < 0.2  # the large rough kernel dominates; a plain mean of per-kernel shares gives ~0.5
+
+
+@pytest.mark.parametrize("weight, match", [
+    (torch.ones(3, 3), "C_out, C_in, k, k"),
+    (torch.ones(2, 3, 3, 5), "square"),
+    (torch.ones(2, 3, 1, 1), "k >= 2"),
+    (torch.zeros(2, 3, 3, 3), "all zeros"),
+])
+def test_smooth_energy_fraction_rejects_bad_input(weight, match):
+    with pytest.raises(ValueError, match=match):
+        smooth_energy_fraction(weight)
