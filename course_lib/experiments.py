@@ -23,14 +23,14 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Subset
 from tqdm.auto import tqdm
 
 from course_lib.data import sample_per_class
-from course_lib.finetuning import fine_tune
+from course_lib.finetuning import fine_tune, pretraining_optimizer
 from course_lib.history import History
 from course_lib.models import get_head, replace_head
 from course_lib.training import evaluate, fit
 from course_lib.validation import check_module, check_positive_int, is_int
 
-__all__ = ["compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy", "scratch_curve",
-           "scratch_epochs"]
+__all__ = ["SCRATCH_RECIPES", "compare_with_rule", "data_efficiency_curve", "fine_tune_copy", "rule_of_thumb", "scratch_accuracy",
+           "scratch_curve", "scratch_epochs"]
 
 
 def data_efficiency_curve(
@@ -84,24 +84,15 @@ def scratch_epochs(num_images: int, images_seen: int = 3000, min_epochs: int = 8
     return min(max_epochs, max(min_epochs, math.ceil(images_seen / num_images)))
 
 
-def scratch_accuracy(
-    make_model: Callable[[], nn.Module],
-    train_data: Dataset,
-    test_data: Dataset,
-    *,
-    epochs: int | None = None,
-    lr: float = 3e-3,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str | torch.device | None = None,
-) -> float:
-    """Test accuracy of a randomly initialised model trained on ``train_data`` only: the baseline (19.2, 19.3).
+# The recipes a from-scratch baseline can be trained with, and their default peak learning rates.
+SCRATCH_RECIPES: dict[str, float] = {"adam": 3e-3, "pretraining": 0.05}
 
-    ``make_model()`` must return a *new* untrained model with the target's number of outputs; it
-    is called after seeding torch with ``seed``, so the initialisation is reproducible. Training
-    uses :func:`course_lib.training.fit` with Adam (``lr``) for ``epochs`` epochs (default
-    :func:`scratch_epochs`), on shuffled batches of ``batch_size``.
-    """
+
+def _train_from_scratch(
+    make_model: Callable[[], nn.Module], train_data: Dataset, *, epochs: int | None, recipe: str, lr: float | None,
+    batch_size: int, seed: int, device: str | torch.device | None, val_loader: DataLoader | None = None,
+) -> tuple[nn.Module, History]:
+    """Seed, build, and train a new model on ``train_data`` alone: what both scratch functions share."""
     if isinstance(make_model, nn.Module):
         # A model is callable too, so without this check the mistake would surface as a confusing forward() error.
         raise TypeError(
@@ -109,8 +100,12 @@ def scratch_accuracy(
             "(a model). Wrap the construction in a function, e.g. lambda: replace_head(load_backbone("
             "'course-resnet', pretrained=False), num_classes)."
         )
+    if recipe not in SCRATCH_RECIPES:
+        raise ValueError(f"Unknown recipe {recipe!r}: choose one of {', '.join(map(repr, SCRATCH_RECIPES))}.")
     if len(train_data) == 0:
         raise ValueError("train_data is empty: pass the labelled training examples, e.g. Subset(train_data, indices).")
+    epochs = scratch_epochs(len(train_data)) if epochs is None else epochs
+    check_positive_int(epochs, "epochs")
     torch.manual_seed(seed)
     model = make_model()
     if not isinstance(model, nn.Module):
@@ -120,11 +115,46 @@ def scratch_accuracy(
         )
     if device is not None:
         model.to(device)
-    epochs = scratch_epochs(len(train_data)) if epochs is None else epochs
+    lr = SCRATCH_RECIPES[recipe] if lr is None else lr
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_data, batch_size=min(batch_size, len(train_data)), shuffle=True, generator=generator)
+    optimizer = scheduler = None
+    if recipe == "pretraining":
+        optimizer, scheduler = pretraining_optimizer(model, lr=lr, weight_decay=5e-4,
+                                                     total_steps=epochs * len(train_loader))
     # channels_last makes this small convolutional network train ~1.4x faster on the CPU as well.
-    fit(model, train_loader, epochs=epochs, lr=lr, progress=False, channels_last=True)
+    history = fit(model, train_loader, epochs=epochs, lr=lr, optimizer=optimizer, scheduler=scheduler,
+                  progress=False, channels_last=True, val_loader=val_loader)
+    return model, history
+
+
+def scratch_accuracy(
+    make_model: Callable[[], nn.Module],
+    train_data: Dataset,
+    test_data: Dataset,
+    *,
+    epochs: int | None = None,
+    recipe: str = "adam",
+    lr: float | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+) -> float:
+    """Test accuracy of a randomly initialised model trained on ``train_data`` only: the baseline (19.2, 19.3).
+
+    ``make_model()`` must return a *new* untrained model with the target's number of outputs; it
+    is called after seeding torch with ``seed``, so the initialisation is reproducible. Training
+    uses :func:`course_lib.training.fit` for ``epochs`` epochs (default :func:`scratch_epochs`) on
+    shuffled batches of ``batch_size``, with one of two recipes:
+
+    - ``"adam"``: Adam at a constant ``lr`` (default 3e-3);
+    - ``"pretraining"``: the recipe the source model was trained with
+      (:func:`course_lib.finetuning.pretraining_optimizer`: SGD with momentum, weight decay 5e-4,
+      a one-cycle schedule peaking at ``lr``, default 0.05), which ends every run converged to
+      its budget. Chapter 19.2's baseline uses it.
+    """
+    model, _ = _train_from_scratch(make_model, train_data, epochs=epochs, recipe=recipe, lr=lr,
+                                   batch_size=batch_size, seed=seed, device=device)
     return evaluate(model, DataLoader(test_data, batch_size=256))["accuracy"]
 
 
@@ -134,33 +164,24 @@ def scratch_curve(
     test_data: Dataset,
     *,
     epochs: int,
-    lr: float = 3e-3,
+    recipe: str = "adam",
+    lr: float | None = None,
     batch_size: int = 64,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> list[float]:
-    """Test accuracy after each of ``epochs`` epochs of one from-scratch run: a budget sweep (19.2).
+    """Test accuracy after each of ``epochs`` epochs of one from-scratch run: its learning curve (19.2).
 
-    The same run as :func:`scratch_accuracy` with ``epochs`` (same seed, data order, optimizer and
-    constant learning rate), evaluated after every epoch, so entry ``e - 1`` is what
-    ``scratch_accuracy(..., epochs=e)`` returns: one run shows whether the baseline has converged
-    or plateaued at a given budget. The test set only reports; nothing is selected on it.
+    The same run as :func:`scratch_accuracy` with ``epochs`` (same seed, data order, recipe), so
+    the last entry is what that returns. With ``recipe="adam"`` (a constant rate) entry ``e - 1``
+    is also what ``scratch_accuracy(..., epochs=e)`` returns, so one run is a whole budget sweep.
+    With ``"pretraining"`` it is not: the one-cycle schedule depends on the budget, and a budget
+    sweep needs one run per budget. The test set only reports; nothing is selected on it.
     """
     check_positive_int(epochs, "epochs")
-    if isinstance(make_model, nn.Module):
-        raise TypeError("make_model must be a function that builds a new model, not a model: wrap it in a lambda.")
-    if len(train_data) == 0:
-        raise ValueError("train_data is empty: pass the labelled training examples, e.g. Subset(train_data, indices).")
-    torch.manual_seed(seed)
-    model = make_model()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"make_model() must return a torch.nn.Module, got {type(model).__name__}.")
-    if device is not None:
-        model.to(device)
-    generator = torch.Generator().manual_seed(seed)
-    train_loader = DataLoader(train_data, batch_size=min(batch_size, len(train_data)), shuffle=True, generator=generator)
-    history = fit(model, train_loader, epochs=epochs, lr=lr, progress=False, channels_last=True,
-                  val_loader=DataLoader(test_data, batch_size=256))
+    _, history = _train_from_scratch(make_model, train_data, epochs=epochs, recipe=recipe, lr=lr,
+                                     batch_size=batch_size, seed=seed, device=device,
+                                     val_loader=DataLoader(test_data, batch_size=256))
     return [float(value) for value in history["val_accuracy"]]
 
 

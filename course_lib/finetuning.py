@@ -32,7 +32,7 @@ from course_lib.training import fit
 from course_lib.validation import check_module, check_positive_int, check_positive_number, is_int
 
 __all__ = ["BATCHNORM", "OPTIMIZERS", "PRETRAINING_RATES", "SCHEDULES", "STRATEGIES", "GradualUnfreezing", "fine_tune", "layerwise_lr_groups",
-           "pretraining_rate", "probe_head", "train_last_stages", "trainable_groups_at"]
+           "pretraining_optimizer", "pretraining_rate", "probe_head", "train_last_stages", "trainable_groups_at"]
 
 # The strategies :func:`fine_tune` knows, in the order chapter 19.3 introduces them.
 STRATEGIES = ("linear probe", "full", "partial", "discriminative", "gradual", "LP-FT")
@@ -59,6 +59,27 @@ def pretraining_rate(backbone: str) -> tuple[float, str]:
         raise ValueError(f"No pretraining rate is recorded for {backbone!r} (known: {', '.join(PRETRAINING_RATES)}); "
                          "look up the rate its weights were trained with and add it to PRETRAINING_RATES.")
     return PRETRAINING_RATES[backbone]
+
+
+def pretraining_optimizer(
+    model: nn.Module, *, lr: float, weight_decay: float, total_steps: int
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """The optimizer and schedule the source model was trained with (course_lib.pretrain; 19.2's from-scratch baseline).
+
+    SGD with Nesterov momentum and ``weight_decay`` on every parameter; a one-cycle schedule
+    over ``total_steps`` batches that warms up to ``lr`` for the first quarter, then anneals to
+    almost zero (moving the momentum between 0.95 and 0.85 the other way), so that even a short run
+    ends converged to its budget. Step the scheduler after every batch (:func:`course_lib.training.fit`
+    does).
+    """
+    if total_steps < 2:
+        raise ValueError(f"The one-cycle schedule needs at least 2 training steps (a warm-up and a decay), got "
+                         f"{total_steps}: train for more epochs or on smaller batches.")
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    # At least one whole warm-up step, which only very short runs (under 6 steps) need.
+    warm_up = max(0.25, 1.5 / total_steps)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, pct_start=warm_up)
+    return optimizer, scheduler
 
 
 def layerwise_lr_groups(model: nn.Module, head_lr: float, factor: float = 2.6) -> list[dict]:
@@ -283,6 +304,9 @@ def probe_head(features: torch.Tensor, labels: torch.Tensor, num_classes: int, *
     (``W' = W / s``, ``b' = b - W' m``), so that the returned ``nn.Linear`` reads the raw features
     that the backbone feeds its head. It is LP-FT's first stage done properly (Kumar et al. fit
     the probe to convergence) and the linear-probe baseline of 19.3's grid.
+
+    The fit runs on one CPU thread (torch's thread count is restored afterwards): its many tiny
+    matrix products are fastest that way, and its result does not change with the thread count.
     """
     if not isinstance(features, torch.Tensor) or features.ndim != 2:
         raise ValueError(f"features must be a 2-D tensor (examples, dimensions), got "

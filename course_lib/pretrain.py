@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from course_lib.config import seed_everything
 from course_lib.core import file_sha256
+from course_lib.finetuning import pretraining_optimizer
 from course_lib.models import CourseResNet
 from course_lib.training import evaluate, fit
 from course_lib.world import DOMAINS, SOURCE_CLASSES, ShapeWorld, normalize
@@ -100,11 +101,8 @@ def pretrain_source_model(
             "raise --epochs or --train-per-class, or lower --batch-size."
         )
     model = CourseResNet(num_classes=len(SOURCE_CLASSES))
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    # One-cycle: warm up, then anneal to almost zero; reliable for short schedules.
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, epochs=epochs, steps_per_epoch=len(train_loader), pct_start=0.25
-    )
+    optimizer, scheduler = pretraining_optimizer(model, lr=lr, weight_decay=weight_decay,
+                                                 total_steps=epochs * len(train_loader))
     started = time.perf_counter()
     history = fit(
         model, train_loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler, val_loader=test_loader,

@@ -11,7 +11,6 @@ each chapter page is kept in ``_build/screenshots/`` for a human to look at.
 from __future__ import annotations
 
 import html
-import importlib.util
 import json
 import os
 import re
@@ -26,20 +25,14 @@ import nbformat
 import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from repo_tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
 CHAPTERS_CAPTION = "Chapters"
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("book_notebooks", ROOT / "tools" / "book_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-book_notebooks = _load_tool()
+book_notebooks = load_tool("book_notebooks")
 
 
 # --- a small instructor notebook with the course's nbgrader conventions -----------------------

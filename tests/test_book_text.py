@@ -11,13 +11,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import posixpath
 import re
 from pathlib import Path
 
 import pytest
+from repo_tools import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER_PAGES = sorted((ROOT / "book").glob("19_*.md"))
@@ -25,14 +25,7 @@ NOTEBOOKS = sorted((ROOT / "solutions").glob("*/*.ipynb"))
 MAX_CODE_LINE = 88
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("book_notebooks", ROOT / "tools" / "book_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-book_notebooks = _load_tool()
+book_notebooks = load_tool("book_notebooks")
 
 
 def _cell_source(cell: dict) -> str:

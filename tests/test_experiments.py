@@ -290,3 +290,62 @@ def test_scratch_curve_entry_e_is_scratch_accuracy_at_e_epochs():
         assert curve[epochs - 1] == scratch_accuracy(TinyCNN, train, test, epochs=epochs, batch_size=16, seed=2)
     with pytest.raises(TypeError, match="function"):
         scratch_curve(TinyCNN(), train, test, epochs=2)
+
+
+def test_scratch_curve_with_the_pretraining_recipe_ends_at_scratch_accuracy():
+    from course_lib.experiments import scratch_curve
+
+    train, test = colour_images(48, seed=0), colour_images(30, seed=1)
+    curve = scratch_curve(TinyCNN, train, test, epochs=3, recipe="pretraining", batch_size=16, seed=2)
+    assert curve[-1] == scratch_accuracy(TinyCNN, train, test, epochs=3, recipe="pretraining", batch_size=16, seed=2)
+    # The schedule depends on the budget, so a shorter run is not the curve's earlier entry.
+    shorter = scratch_accuracy(TinyCNN, train, test, epochs=1, recipe="pretraining", batch_size=16, seed=2)
+    assert 0.0 <= shorter <= 1.0
+
+
+def test_the_pretraining_recipe_uses_the_source_models_optimizer_and_schedule(monkeypatch):
+    import course_lib.experiments as experiments
+
+    seen = {}
+
+    def spy(model, *, lr, weight_decay, total_steps):
+        seen.update(lr=lr, weight_decay=weight_decay, total_steps=total_steps)
+        return real(model, lr=lr, weight_decay=weight_decay, total_steps=total_steps)
+
+    real = experiments.pretraining_optimizer
+    monkeypatch.setattr(experiments, "pretraining_optimizer", spy)
+    scratch_accuracy(TinyCNN, colour_images(48, seed=0), colour_images(6, seed=1), epochs=2, recipe="pretraining",
+                     batch_size=16)
+    assert seen == {"lr": 0.05, "weight_decay": 5e-4, "total_steps": 2 * 3}
+
+
+def test_pretraining_optimizer_warms_up_then_anneals():
+    from course_lib.finetuning import pretraining_optimizer
+
+    model = nn.Linear(2, 2)
+    optimizer, scheduler = pretraining_optimizer(model, lr=0.1, weight_decay=1e-4, total_steps=20)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    peak = int(np.argmax(rates))
+    assert 3 <= peak <= 6 and abs(max(rates) - 0.1) < 1e-9 and rates[-1] < 1e-3
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["weight_decay"] == 1e-4
+    with pytest.raises(ValueError, match="at least 2 training steps"):
+        pretraining_optimizer(model, lr=0.1, weight_decay=0.0, total_steps=1)
+
+
+def test_scratch_accuracy_refuses_an_unknown_recipe():
+    with pytest.raises(ValueError, match="Unknown recipe 'sgd'.*'adam', 'pretraining'"):
+        scratch_accuracy(TinyCNN, colour_images(6, seed=0), colour_images(6, seed=1), epochs=1, recipe="sgd")
+
+
+def test_pretraining_optimizer_runs_the_shortest_schedules():
+    from course_lib.finetuning import pretraining_optimizer
+
+    for steps in (2, 3, 5):
+        optimizer, scheduler = pretraining_optimizer(nn.Linear(2, 2), lr=0.1, weight_decay=0.0, total_steps=steps)
+        for _ in range(steps):
+            optimizer.step()
+            scheduler.step()

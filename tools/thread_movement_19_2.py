@@ -1,9 +1,9 @@
 """How much chapter 19.2's headline numbers move with the torch thread count (19.2).
 
 Recomputes the frozen features (no cache), then the linear probe, the MLP head and the
-from-scratch baseline at 1 and 10 labelled images per class over 3 draws, with the thread count
-given, and writes them to a JSON file. Run it once per thread count, each in its own process,
-and compare the files:
+from-scratch baseline (the notebook's recipe) at 1 and 10 labelled images per class over 3
+draws, with the thread count given, and writes them to a JSON file. Run it once per thread
+count, each in its own process, and compare the files:
 
     COURSE_PROFILE=standard python tools/thread_movement_19_2.py 1 /tmp/threads_1.json
     COURSE_PROFILE=standard python tools/thread_movement_19_2.py 2 /tmp/threads_2.json
@@ -26,6 +26,7 @@ def main(threads: int, path: str) -> None:
     from course_lib.data import lesson_data, sample_per_class
     from course_lib.experiments import scratch_accuracy
     from course_lib.features import extract_features
+    from course_lib.finetuning import pretraining_rate
     from course_lib.freezing import FrozenBackbone
     from course_lib.heads import mlp_head_accuracy
     from course_lib.models import load_backbone, replace_head
@@ -47,7 +48,8 @@ def main(threads: int, path: str) -> None:
             out[f"mlp_{n}_{seed}"] = mlp_head_accuracy(*data, seed=seed)
             out[f"scratch_{n}_{seed}"] = scratch_accuracy(
                 lambda: replace_head(load_backbone(cfg.backbone, pretrained=False), task.num_classes),
-                Subset(task.train, rows.tolist()), task.test, seed=seed)
+                Subset(task.train, rows.tolist()), task.test, recipe="pretraining",
+                lr=pretraining_rate(cfg.backbone)[0], seed=seed)
     out["seconds"] = time.time() - started
     with open(path, "w") as file:
         json.dump(out, file, indent=1)
