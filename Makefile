@@ -10,13 +10,14 @@ REPORTS := _build/test-reports
 # Notebooks and the book are executed offline: never wait on the Hugging Face hub.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv test test-fast chromium book bench lab pretrain clean lessons check-lessons grade
+.PHONY: help venv test test-fast chromium fashion-mnist book bench lab pretrain clean lessons check-lessons grade
 
 help:
 	@echo "make book      set up, execute every lesson, build the book to _build/html"
 	@echo "make test      the whole test suite (about 5 minutes on 2 cores after set-up); ends with what was skipped and why"
 	@echo "make test-fast the tests that take seconds (no notebooks, grading or book; about 1 minute): the edit-test loop"
 	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
+	@echo "make fashion-mnist  install Fashion-MNIST for the lite profile (Debian's dataset-fashion-mnist, as root)"
 	@echo "make lab       JupyterLab on my-lessons/, your own copy of the lessons (updates arrive beside your work)"
 	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
@@ -37,7 +38,7 @@ $(STAMP): requirements/constraints.txt pyproject.toml tools/install_torchvision_
 # The tests, then the instructor notebooks with their hidden tests (nbval, one notebook at a time).
 # Both runs always run; the last line sums them up, skips and their reasons included, and the
 # target fails if either run failed.
-test: venv chromium
+test: venv chromium fashion-mnist
 	@rm -rf $(REPORTS)
 	@status=0; \
 	$(BIN)/python -m pytest -n 2 --dist loadfile --junitxml=$(REPORTS)/tests.xml tests || status=$$?; \
@@ -56,6 +57,10 @@ test-fast: venv
 # The book's browser checks need Chromium: found, installed (root with apt-get), or explained.
 chromium:
 	@tools/ensure_chromium.sh
+
+# The lite profile's target task: found, installed (root with apt-get), or explained.
+fashion-mnist:
+	@tools/ensure_fashion_mnist.sh
 
 book: venv
 	$(BIN)/python tools/book_notebooks.py

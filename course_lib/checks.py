@@ -221,9 +221,10 @@ def check_claim(holds: bool, claim: str, *, checked: bool, measured: str = "") -
     The book's prose interprets measured numbers ("pretrained beats random at every stage"); a
     notebook backs each such sentence with one call, so a run where it stops being true fails
     loudly instead of teaching something false. ``checked`` says whether this run is big enough
-    for the claim to be meaningful (``cfg.claims_checked``: every size but ``smoke``, whose tiny
-    runs only show that the code works); an unchecked claim that does not hold is reported, not
-    raised. ``measured`` names the numbers behind the verdict, for the message.
+    for the claim to be meaningful, and about the data the text describes (``cfg.claims_checked``:
+    the course's world at every size but ``smoke``, whose tiny runs only show that the code
+    works); an unchecked claim that does not hold is reported, not raised, so that a run on real
+    data lists where it agrees with the text. ``measured`` names the numbers behind the verdict.
     """
     if not isinstance(claim, str) or not claim:
         raise TypeError("claim must be the sentence the text states, as a non-empty string.")
@@ -235,5 +236,5 @@ def check_claim(holds: bool, claim: str, *, checked: bool, measured: str = "") -
         fail(f"The chapter's text says \"{claim}\", but this run measured otherwise{detail}",
              "the text and this run disagree; if the library or the sizes changed, re-derive the text from the numbers")
     else:
-        print(f"claim not checked at this size, and it does not hold here: {claim}{detail}")
+        print(f"claim not checked in this run, and it does not hold here: {claim}{detail}")
     return holds

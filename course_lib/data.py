@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 
 from course_lib.config import CourseConfig
+from course_lib.pretrained_weights import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
 from course_lib.real_datasets import RealDataset, load_real_dataset
 
 __all__ = [
-    "FAR_DOMAIN", "FAR_REAL_DATASET", "IMAGENET_MEAN", "IMAGENET_STD", "dataset_targets",
+    "FAR_DATASETS", "FAR_DOMAIN", "IMAGENET_MEAN", "IMAGENET_STD", "backbone_statistics", "dataset_targets",
     "imagenet_transform", "lesson_data", "LessonData", "near_and_far_targets", "sample_per_class",
     "subset_per_class", "ToRGB",
 ]
@@ -29,6 +30,18 @@ __all__ = [
 # The statistics the ImageNet-pretrained torchvision and timm backbones were trained with.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def backbone_statistics(backbone: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` of the pixels, in [0, 1], that the real backbone ``backbone`` was trained with.
+
+    ImageNet's statistics for torchvision and timm models, except EfficientNet-Lite0, whose
+    TensorFlow weights expect ``(x - 127) / 128`` (:data:`course_lib.pretrained_weights.EFFICIENTNET_LITE0_MEAN`).
+    The course's own model uses its world's statistics (:data:`course_lib.world.WORLD_MEAN`).
+    """
+    if backbone == "efficientnet-lite0":
+        return EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 class ToRGB:
@@ -55,10 +68,13 @@ def imagenet_transform(
     train: bool = False,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    crop: bool = True,
 ):
     """Preprocessing for ImageNet-pretrained backbones: 3 channels, ``image_size`` pixels, normalised.
 
-    Evaluation (``train=False``): resize the short side to ``image_size * 256/224``, centre-crop.
+    Evaluation (``train=False``): resize the short side to ``image_size * 256/224``, centre-crop;
+    with ``crop=False``, resize the whole image to ``image_size`` (the lite world's 28-px images,
+    whose objects fill the frame, keep their edges).
     Training (``train=True``): random resized crop and horizontal flip, the standard augmentation
     for fine-tuning (19.3). Both end with ToTensor and Normalize(mean, std); keep the defaults
     (ImageNet's statistics) unless you are showing what other statistics do (19.2).
@@ -69,8 +85,10 @@ def imagenet_transform(
         raise ValueError(f"image_size must be an int of at least 8 pixels (e.g. 224), got {image_size!r}.")
     if train:
         resize = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
-    else:
+    elif crop:
         resize = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
+    else:
+        resize = [transforms.Resize((image_size, image_size))]
     return transforms.Compose(
         [ToRGB(), *resize, transforms.ToTensor(), transforms.Normalize(tuple(mean), tuple(std))]
     )
@@ -161,7 +179,11 @@ def subset_per_class(dataset: Dataset, n_per_class: int, *, seed: int = 0) -> Su
 
 @dataclasses.dataclass(frozen=True)
 class LessonData:
-    """A lesson's target task: training and test images, class names, and how images were normalised."""
+    """A lesson's target task: training and test images, class names, and how images were normalised.
+
+    ``name`` is a short label for plots and printed results (the domain offline, e.g. ``"night"``;
+    the dataset otherwise, e.g. ``"mnist"``); ``description`` says in a sentence where it comes from.
+    """
 
     train: Dataset
     test: Dataset
@@ -169,6 +191,7 @@ class LessonData:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     description: str
+    name: str
 
     @property
     def num_classes(self) -> int:
@@ -191,8 +214,11 @@ def lesson_data(
     - ``real``: ``cfg.dataset`` from ``cfg.data_dir``, resized to ``cfg.image_size`` for ImageNet
       backbones, with class-balanced subsets of the same sizes (missing files raise an error
       saying where they go).
+    - ``lite``: the same with Fashion-MNIST (from Debian's package), whole 28-px images
+      upsampled to ``cfg.image_size``.
 
-    Images are normalised with the statistics the backbone was trained with, unless ``mean`` and
+    Images are normalised with the statistics the backbone was trained with
+    (:func:`backbone_statistics`), unless ``mean`` and
     ``std`` say otherwise: chapter 19.2 uses that to measure what the wrong statistics cost.
     Used by chapters 19.1, 19.2 and 19.3 (see also :func:`near_and_far_targets`).
     """
@@ -208,9 +234,10 @@ def lesson_data(
     if std is not None and min(std) <= 0:
         raise ValueError(f"std must be positive (it divides the pixels), got {std!r}.")
 
-    if cfg.world == "real":
-        mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
-        transform = imagenet_transform(cfg.image_size, mean=mean, std=std)
+    if not cfg.offline:
+        trained_with = backbone_statistics(cfg.backbone)
+        mean, std = tuple(mean or trained_with[0]), tuple(std or trained_with[1])
+        transform = imagenet_transform(cfg.image_size, mean=mean, std=std, crop=cfg.world != "lite")
         full_train = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=True, transform=transform)
         full_test = load_real_dataset(cfg.dataset, root=cfg.data_dir, train=False, transform=transform)
         train = subset_per_class(full_train, cfg.train_per_class, seed=0)
@@ -228,12 +255,13 @@ def lesson_data(
         test = ShapeWorld(n_per_class=cfg.test_per_class, seed=1, **world)
         class_names = list(TARGET_CLASSES)
         description = f"the {len(class_names)} target shapes of the course's world ({domain} domain)"
-    return LessonData(train, test, class_names, mean, std, description)
+    name = cfg.dataset if not cfg.offline else domain
+    return LessonData(train, test, class_names, mean, std, description, name)
 
 
 # Chapter 19.3 fine-tunes on a target close to the source and on one far from it.
 FAR_DOMAIN = "night"
-FAR_REAL_DATASET = "svhn"
+FAR_DATASETS = {"real": "svhn", "lite": "mnist"}
 
 
 def near_and_far_targets(cfg: CourseConfig) -> dict[str, LessonData]:
@@ -243,9 +271,11 @@ def near_and_far_targets(cfg: CourseConfig) -> dict[str, LessonData]:
       ``studio`` domain the source model was trained in, *far* in the dark, noisy ``night`` domain.
     - ``real``: *near* is ``cfg.dataset`` (CIFAR-10: natural photos, like ImageNet), *far* is SVHN
       (house numbers: digits, a different kind of image), both with the same subset sizes.
+    - ``lite``: *near* is Fashion-MNIST (objects: clothes, shoes, bags), *far* is MNIST
+      (handwritten digits), as :data:`FAR_DATASETS` says.
     """
-    if cfg.world == "real":
-        far = lesson_data(dataclasses.replace(cfg, dataset=FAR_REAL_DATASET))
+    if not cfg.offline:
+        far = lesson_data(dataclasses.replace(cfg, dataset=FAR_DATASETS[cfg.world]))
     else:
         far = lesson_data(cfg, domain=FAR_DOMAIN)
     return {"near": lesson_data(cfg), "far": far}

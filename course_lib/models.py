@@ -1,8 +1,9 @@
 """The course's source model and the real ImageNet backbones, behind one loader.
 
 ``load_backbone("course-resnet")`` gives the small ResNet the course pretrained on its own shape
-world (weights ship with the library, so no lesson waits for pretraining). ``load_backbone(
-"resnet18")`` gives torchvision's ImageNet ResNet-18 and ``load_backbone("timm:resnet18.a1_in1k")``
+world (weights ship with the library, so no lesson waits for pretraining).
+``load_backbone("efficientnet-lite0")`` gives a real ImageNet model that installs offline with pip
+(timm's EfficientNet-Lite0). ``load_backbone("resnet18")`` gives torchvision's ImageNet ResNet-18 and ``load_backbone("timm:resnet18.a1_in1k")``
 a timm model, both from the caches those libraries use (read by :mod:`course_lib.pretrained_weights`).
 A lesson switches between them by world, not by rewriting code: every backbone answers to
 :func:`stage_names`, :func:`get_head` and :func:`replace_head`.
@@ -17,12 +18,14 @@ import torch
 from torch import nn
 
 from course_lib.core import file_sha256
-from course_lib.pretrained_weights import load_timm_backbone, load_torchvision_backbone, torchvision_weights
+from course_lib.pretrained_weights import (
+    load_efficientnet_lite0, load_timm_backbone, load_torchvision_backbone, torchvision_weights,
+)
 from course_lib.validation import check_module
 
 __all__ = [
     "COURSE_RESNET_RECIPE", "COURSE_RESNET_WEIGHTS", "WEIGHTS_DIR", "BasicBlock", "CourseResNet",
-    "get_head", "layer_groups", "load_backbone", "load_course_resnet", "remove_head", "replace_head",
+    "feature_layer", "get_head", "layer_groups", "load_backbone", "load_course_resnet", "remove_head", "replace_head",
     "stage_names",
 ]
 
@@ -106,18 +109,33 @@ class CourseResNet(nn.Module):
 def stage_names(model: nn.Module) -> list[str]:
     """Names (for ``model.get_submodule``) of the backbone's stages, from input to output.
 
-    ``["stem", "stage1", ..., "stage4"]`` for the course model and ``["layer1", ..., "layer4"]``
-    for torchvision and timm ResNets. Chapters 19.1 (probing) and 19.3 (unfreezing) use them.
+    ``["stem", "stage1", ..., "stage4"]`` for the course model, ``["layer1", ..., "layer4"]``
+    for torchvision and timm ResNets, and ``["blocks.0", ..., "blocks.6"]`` for timm's
+    EfficientNets (their seven stages of blocks). Chapters 19.1 (probing) and 19.3 (unfreezing)
+    use them.
     """
     if isinstance(model, CourseResNet):
         return ["stem", "stage1", "stage2", "stage3", "stage4"]
     names = [name for name in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, name)]
     if names:
         return names
+    if isinstance(getattr(model, "blocks", None), nn.Sequential) and hasattr(model, "conv_stem"):
+        return [f"blocks.{index}" for index in range(len(model.blocks))]
     raise TypeError(
-        f"Don't know the stages of a {type(model).__name__}. Use a CourseResNet or a ResNet from "
-        "torchvision/timm, or name the layers yourself (see course_lib.features.layer_names)."
+        f"Don't know the stages of a {type(model).__name__}. Use a CourseResNet, a ResNet from "
+        "torchvision/timm or a timm EfficientNet, or name the layers yourself (see course_lib.features.layer_names)."
     )
+
+
+def feature_layer(model: nn.Module) -> str:
+    """The layer whose output, average-pooled, is the feature vector the head reads (19.3's linear probe).
+
+    The last stage for the course model and the ResNets; for an EfficientNet the BatchNorm after
+    its 1x1 ``conv_head``, which widens the last stage's 320 channels to the head's 1280.
+    """
+    if isinstance(getattr(model, "bn2", None), nn.Module) and hasattr(model, "conv_head"):
+        return "bn2"
+    return stage_names(model)[-1]
 
 
 def _head_attribute(model: nn.Module) -> str:
@@ -158,19 +176,29 @@ def layer_groups(model: nn.Module) -> list[tuple[str, list[nn.Parameter]]]:
     """The model's parameters in groups from input to output: ``[("stem", [...]), (stage, [...]), ..., ("head", [...])]``.
 
     The stages are those of :func:`stage_names`; the head is the final linear classifier;
-    ``"stem"`` holds every other parameter (the layers before the first stage). For the course
+    ``"stem"`` holds the layers before the first stage, and a layer between the last stage and the
+    head (EfficientNet's 1x1 ``conv_head`` and its BatchNorm) joins the last stage. For the course
     model: stem, stage1 ... stage4, head (6 groups); for a torchvision ResNet-18: stem (conv1,
-    bn1), layer1 ... layer4, head (6 groups). Every parameter is in exactly one group. Chapter
-    19.3 unfreezes and sets learning rates by group; :func:`course_lib.metrics.weight_drift` measures them.
+    bn1), layer1 ... layer4, head (6 groups); for EfficientNet-Lite0: stem, blocks.0 ... blocks.6,
+    head (9 groups). Every parameter is in exactly one group. Chapter 19.3 unfreezes and sets
+    learning rates by group; :func:`course_lib.metrics.weight_drift` measures them.
     """
     model = check_module(model, "layer_groups", what="the whole model (a torch.nn.Module)")
     stages = [name for name in stage_names(model) if name != "stem"]
-    head = get_head(model)
-    grouped = {name: list(model.get_submodule(name).parameters()) for name in stages}
-    grouped["head"] = list(head.parameters())
-    taken = {id(p) for params in grouped.values() for p in params}
-    stem = [p for p in model.parameters() if id(p) not in taken]
-    return [("stem", stem), *[(name, grouped[name]) for name in stages], ("head", grouped["head"])]
+    grouped = {name: [] for name in ["stem", *stages, "head"]}
+    stage_of = {id(p): name for name in stages for p in model.get_submodule(name).parameters()}
+    stage_of.update({id(p): "head" for p in get_head(model).parameters()})
+    current = "stem"
+    # model.parameters() runs in the order the layers were defined, input to output, so a layer
+    # outside every stage belongs to the stem before the first stage and to the stage before it after.
+    for p in model.parameters():
+        name = stage_of.get(id(p))
+        if name is None:
+            grouped[current].append(p)
+            continue
+        grouped[name].append(p)
+        current = name if name != "head" else current
+    return list(grouped.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +242,8 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
     """Load a backbone by name, the same call in every world.
 
     - ``"course-resnet"``: the course's source model (the offline world);
+    - ``"efficientnet-lite0"``: timm's EfficientNet-Lite0 with the ImageNet weights of a pip
+      package (the lite world; see :func:`course_lib.pretrained_weights.load_efficientnet_lite0`);
     - a torchvision name such as ``"resnet18"`` (the real world);
     - ``"timm:<model name>"`` for a timm model.
 
@@ -223,6 +253,10 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
 
     if name == "course-resnet":
         model = load_course_resnet(pretrained=pretrained)
+    elif name == "efficientnet-lite0":
+        import timm
+
+        model = load_efficientnet_lite0() if pretrained else timm.create_model("tf_efficientnet_lite0")
     elif name.startswith("timm:"):
         import timm
 

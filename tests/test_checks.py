@@ -199,8 +199,11 @@ def test_check_claim_passes_reports_and_fails(capsys):
         check_claim(True, "", checked=True)
 
 
-def test_claims_are_checked_at_every_size_but_smoke():
+def test_claims_are_checked_in_the_courses_world_at_every_size_but_smoke():
     import course_lib
 
     assert not course_lib.setup(profile="smoke").claims_checked
     assert course_lib.setup(profile="standard").claims_checked
+    assert course_lib.setup(profile="standard", size="full").claims_checked
+    assert not course_lib.setup(profile="lite").claims_checked  # real data: reported, not asserted
+    assert not course_lib.setup(profile="real").claims_checked

@@ -43,7 +43,7 @@ def test_environment_variable_wins(monkeypatch):
 @pytest.mark.parametrize("bad", ["fast", "Smoke", "full"])
 def test_unknown_profile_names_the_valid_ones(monkeypatch, bad):
     monkeypatch.setenv("COURSE_PROFILE", bad)
-    with pytest.raises(ValueError, match="smoke, standard, real"):
+    with pytest.raises(ValueError, match="smoke, standard, lite, real"):
         config.setup(quiet=True)
 
 
@@ -92,13 +92,23 @@ def test_smoke_profile_uses_one_thread():
 # --- worlds and sizes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile, world, size", [("smoke", "offline", "smoke"), ("standard", "offline", "standard"),
-                                                  ("real", "real", "full")])
-def test_profiles_are_presets_of_a_world_and_a_size(profile, world, size):
+@pytest.mark.parametrize("profile, world, size, dataset, backbone", [
+    ("smoke", "offline", "smoke", "shapeworld", "course-resnet"),
+    ("standard", "offline", "standard", "shapeworld", "course-resnet"),
+    ("lite", "lite", "standard", "fashion-mnist", "efficientnet-lite0"),
+    ("real", "real", "full", "cifar10", "resnet18"),
+])
+def test_profiles_are_presets_of_a_world_and_a_size(profile, world, size, dataset, backbone):
     cfg = config.setup(profile=profile, quiet=True)
     assert (cfg.profile, cfg.world, cfg.size) == (profile, world, size)
     assert cfg.offline == (world == "offline")
-    assert (cfg.dataset, cfg.backbone) == (("shapeworld", "course-resnet") if world == "offline" else ("cifar10", "resnet18"))
+    assert (cfg.dataset, cfg.backbone) == (dataset, backbone)
+
+
+def test_the_lite_world_upsamples_its_small_images_less_than_imagenet_size():
+    sizes = [config.size_settings("lite", size)["image_size"] for size in config.SIZES]
+    assert sizes == sorted(sizes) and sizes[1] < 224 == sizes[2]
+    assert config.profile_name("lite", "smoke") == "lite (smoke size)"
 
 
 def test_course_size_runs_the_real_world_at_smoke_size(monkeypatch, capsys):

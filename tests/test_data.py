@@ -225,8 +225,8 @@ def _config(world: str, **changes) -> CourseConfig:
     settings = dict(
         profile="test", profile_reason="test", world=world, size="smoke", device=torch.device("cpu"), seed=0,
         data_dir=SHARED_DATA, cache_dir=Path("unused"),
-        dataset="shapeworld" if world == "offline" else "mnist",
-        backbone="course-resnet" if world == "offline" else "resnet18",
+        dataset={"offline": "shapeworld", "lite": "fashion-mnist"}.get(world, "mnist"),
+        backbone={"offline": "course-resnet", "lite": "efficientnet-lite0"}.get(world, "resnet18"),
         **config.size_settings(world, "smoke"),
     )
     settings.update(image_size=32, train_per_class=3, test_per_class=2)
@@ -350,3 +350,43 @@ def test_lesson_data_follows_the_world_not_the_profile_name(stand_in_folder):
     assert real.description.startswith("cifar10")
     offline = lesson_data(dataclasses.replace(_config("offline"), profile="real"))
     assert offline.class_names == list(TARGET_CLASSES)
+
+
+@pytest.fixture
+def lite_folder(tmp_path, shared_data, monkeypatch) -> Path:
+    """A data folder with the real MNIST (linked from the shared folder) and a small stand-in Fashion-MNIST."""
+    import gzip
+
+    from course_lib import real_datasets
+
+    monkeypatch.setattr(real_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    (tmp_path / "MNIST").symlink_to(shared_data / "MNIST")
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    arrays = {"images-idx3": rng.integers(0, 256, size=(40, 28, 28)), "labels-idx1": np.arange(40) % 10}
+    for split in ("train", "t10k"):
+        for kind, array in arrays.items():
+            header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+            with gzip.open(folder / f"{split}-{kind}-ubyte.gz", "wb") as file:
+                file.write(header + array.astype(np.uint8).tobytes())
+    return tmp_path
+
+
+def test_the_lite_world_is_fashion_mnist_near_and_mnist_far_for_efficientnet(lite_folder):
+    from course_lib.pretrained_weights import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
+
+    pair = near_and_far_targets(_config("lite", data_dir=lite_folder, image_size=40))
+    near, far = pair["near"], pair["far"]
+    assert near.description.startswith("fashion-mnist") and far.description.startswith("mnist")
+    assert near.class_names[0] == "T-shirt/top" and far.class_names[0].startswith("0")
+    for task in (near, far):
+        assert (task.mean, task.std) == (EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD)
+        image, _ = task.train[0]
+        assert image.shape == (3, 40, 40)
+        assert torch.bincount(dataset_targets(task.train), minlength=10).tolist() == [3] * 10
+    # The whole 28-px image is upsampled, edges included (no centre crop): a bright border pixel stays.
+    raw = near.train.dataset.dataset.images[near.train.indices[0]]
+    pixels = torch.as_tensor(raw, dtype=torch.float32) / 255
+    upsampled = near.train[0][0][0] * EFFICIENTNET_LITE0_STD[0] + EFFICIENTNET_LITE0_MEAN[0]
+    assert abs(float(upsampled[0, 0]) - float(pixels[0, 0])) < 0.15

@@ -103,3 +103,12 @@ def test_remove_head_turns_a_classifier_into_a_feature_extractor():
     assert all(not isinstance(module, nn.Linear) for module in model.modules())
     with pytest.raises(TypeError, match="no linear head"):
         models.remove_head(nn.Sequential(nn.ReLU()))
+
+
+def test_feature_layer_is_what_the_head_reads():
+    import torchvision
+
+    from course_lib.models import feature_layer
+
+    assert feature_layer(models.load_backbone("course-resnet")) == "stage4"
+    assert feature_layer(torchvision.models.resnet18()) == "layer4"

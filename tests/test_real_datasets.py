@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -66,7 +69,8 @@ def test_feature_cache_accepts_a_balanced_subset_of_real_mnist(shared_data, tmp_
 
 @pytest.mark.parametrize("name", REAL_DATASETS)
 @pytest.mark.parametrize("train", [True, False])
-def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_path):
+def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_path, monkeypatch):
+    monkeypatch.setattr(real_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
     with pytest.raises(FileNotFoundError) as info:
         load_real_dataset(name, root=tmp_path, train=train, download=False)
     message = str(info.value)
@@ -74,7 +78,10 @@ def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_p
     assert str(folder) in message
     for filename in real_datasets._expected_files(name, train):
         assert filename in message
-    assert "download=True" in message
+    if name == "fashion-mnist":  # Debian packages it; the course never downloads it
+        assert "apt-get install dataset-fashion-mnist" in message and "download=True" not in message
+    else:
+        assert "download=True" in message
     assert "COURSE_DATA_DIR" in message
     assert "COURSE_PROFILE=standard" in message
     assert list(tmp_path.iterdir()) == []  # nothing was created or downloaded
@@ -202,3 +209,59 @@ def test_datasets_without_a_fingerprint_are_still_refused_by_the_cache(tmp_path,
     bare = load_real_dataset("svhn", root=tmp_path, train=False).dataset  # the torchvision object itself
     with pytest.raises(ValueError, match="no `fingerprint`"):
         data_fingerprint(Subset(bare, [0]))
+
+
+# --- Fashion-MNIST from its original IDX files (Debian's package) ----------------------------------
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    with gzip.open(path, "wb") as file:
+        file.write(header + array.astype(np.uint8).tobytes())
+
+
+def _write_fashion_mnist(folder, n: int = 20, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    images, labels = rng.integers(0, 256, size=(n, 28, 28)), np.arange(n) % 10
+    folder.mkdir(parents=True)
+    for split in ("train", "t10k"):
+        _write_idx(folder / f"{split}-images-idx3-ubyte.gz", images)
+        _write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return images, labels
+
+
+def test_fashion_mnist_is_read_from_the_data_folder_before_debians(tmp_path, monkeypatch):
+    monkeypatch.setattr(real_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    _write_fashion_mnist(tmp_path / "debian", n=30, seed=1)
+    images, labels = _write_fashion_mnist(tmp_path / "data" / "fashion-mnist", n=20)
+    dataset = load_real_dataset("fashion-mnist", root=tmp_path / "data", train=False)
+    assert len(dataset) == 20 and dataset.classes == list(real_datasets.FASHION_MNIST_CLASSES)
+    image, label = dataset[3]
+    assert image.size == (28, 28) and image.mode == "L" and label == 3
+    assert np.array_equal(np.asarray(image), images[3])
+    assert torch.equal(dataset_targets(dataset), torch.as_tensor(labels))
+    assert len(load_real_dataset("fashion-mnist", root=tmp_path / "elsewhere")) == 30  # Debian's folder
+
+
+def test_a_truncated_idx_file_is_reported(tmp_path, monkeypatch):
+    monkeypatch.setattr(real_datasets, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian-package")
+    folder = tmp_path / "fashion-mnist"
+    _write_fashion_mnist(folder)
+    data = gzip.open(folder / "train-images-idx3-ubyte.gz").read()
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as file:
+        file.write(data[:-100])
+    with pytest.raises(FileNotFoundError, match="truncated") as info:
+        load_real_dataset("fashion-mnist", root=tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in str(info.value)
+    with pytest.raises(ValueError, match="not an IDX file"):
+        real_datasets.read_idx(Path(__file__))
+
+
+@pytest.mark.skipif(not real_datasets.DEBIAN_FASHION_MNIST.is_dir(),
+                    reason="Debian's dataset-fashion-mnist package is not installed (make test installs it in CI)")
+def test_the_real_fashion_mnist_from_debian(tmp_path):
+    train = load_real_dataset("fashion-mnist", root=tmp_path)
+    test = load_real_dataset("fashion-mnist", root=tmp_path, train=False)
+    assert (len(train), len(test)) == (60_000, 10_000)
+    assert dataset_targets(test).bincount().tolist() == [1000] * 10
+    assert train[0][1] == 9  # the first training image is an ankle boot

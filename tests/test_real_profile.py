@@ -13,7 +13,6 @@ included), that every figure is drawn, and that nothing fell back to the offline
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
 import time
@@ -23,6 +22,7 @@ import nbformat
 import pytest
 import torch
 from nbclient import NotebookClient
+from notebook_outputs import draws_figure, stream_text
 from standins import link_shared_mnist_usps, write_cifar10, write_resnet18_checkpoint, write_svhn
 
 from course_lib import config
@@ -78,32 +78,6 @@ def real_smoke_env(real_files, monkeypatch) -> RealFiles:
     return real_files
 
 
-def _is_offline_branch(node: ast.AST) -> bool:
-    """``if cfg.offline:``: a block that only the offline world runs."""
-    test = node.test if isinstance(node, ast.If) else None
-    return isinstance(test, ast.Attribute) and test.attr == "offline" and isinstance(test.value, ast.Name) \
-        and test.value.id == "cfg"
-
-
-def draws_figure(source: str) -> bool:
-    """Whether a cell draws a figure in the real world: it calls ``plots.*`` or ``plt.show()``
-    outside ``if cfg.offline:`` blocks (their ``else:`` branches count)."""
-    def visit(node: ast.AST) -> bool:
-        if _is_offline_branch(node):
-            return any(visit(child) for child in node.orelse)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
-            if node.func.value.id == "plots" or (node.func.value.id == "plt" and node.func.attr == "show"):
-                return True
-        return any(visit(child) for child in ast.iter_child_nodes(node))
-
-    return visit(ast.parse(source))
-
-
-def _texts(cell, stream: str) -> str:
-    return "".join(out.get("text", "") for out in cell.get("outputs", [])
-                   if out.get("output_type") == "stream" and out.get("name") == stream)
-
-
 def test_draws_figure_skips_offline_only_plots():
     assert draws_figure("fig = plots.plot_curves(x, y)")
     assert draws_figure("for a in b:\n    plt.show()")
@@ -123,8 +97,8 @@ def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     print(f"{path.name}: {time.perf_counter() - started:.1f} s in the real world at smoke size")
 
     code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    stdout = "".join(_texts(cell, "stdout") for cell in code_cells)
-    stderr = "".join(_texts(cell, "stderr") for cell in code_cells)
+    stdout = "".join(stream_text(cell, "stdout") for cell in code_cells)
+    stderr = "".join(stream_text(cell, "stderr") for cell in code_cells)
 
     # Every figure is drawn.
     for index, cell in enumerate(code_cells):
@@ -133,7 +107,7 @@ def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
             assert pngs, f"code cell {index} of {path.name} should draw a figure but shows none:\n{cell.source[:300]}"
 
     # The setup summary names the real world, its data folder and the ImageNet backbone.
-    summary = _texts(code_cells[0], "stdout")
+    summary = stream_text(code_cells[0], "stdout")
     assert "profile   real (smoke size)" in summary and "real world, smoke size" in summary
     assert f"cifar10 from {files.data_dir}" in summary and "ImageNet resnet18" in summary
 

@@ -1,0 +1,36 @@
+"""Reading an executed notebook's outputs in tests: which cells must draw a figure, what they printed.
+
+Shared by the tests that run every chapter outside the course's world (test_real_profile.py,
+test_lite_profile.py).
+"""
+
+from __future__ import annotations
+
+import ast
+
+
+def _is_offline_branch(node: ast.AST) -> bool:
+    """``if cfg.offline:``: a block that only the offline world runs."""
+    test = node.test if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Attribute) and test.attr == "offline" and isinstance(test.value, ast.Name) \
+        and test.value.id == "cfg"
+
+
+def draws_figure(source: str) -> bool:
+    """Whether a cell draws a figure in the real world: it calls ``plots.*`` or ``plt.show()``
+    outside ``if cfg.offline:`` blocks (their ``else:`` branches count)."""
+    def visit(node: ast.AST) -> bool:
+        if _is_offline_branch(node):
+            return any(visit(child) for child in node.orelse)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
+            if node.func.value.id == "plots" or (node.func.value.id == "plt" and node.func.attr == "show"):
+                return True
+        return any(visit(child) for child in ast.iter_child_nodes(node))
+
+    return visit(ast.parse(source))
+
+
+def stream_text(cell, stream: str) -> str:
+    """Everything ``cell`` printed to ``stream`` (``"stdout"`` or ``"stderr"``)."""
+    return "".join(out.get("text", "") for out in cell.get("outputs", [])
+                   if out.get("output_type") == "stream" and out.get("name") == stream)

@@ -1,0 +1,83 @@
+"""The lite world runs end to end on real data and real ImageNet weights, offline, in every chapter.
+
+``COURSE_PROFILE=lite COURSE_SIZE=smoke``: EfficientNet-Lite0's ImageNet weights from their pip
+package, Fashion-MNIST from Debian's ``dataset-fashion-mnist`` and the genuine MNIST of
+../shared/data (19.3's far target). Unlike tests/test_real_profile.py, nothing here is a stand-in
+and no checksum is waived, so the accuracies printed are real ones, if from tiny runs.
+
+Skipped, with the reason, where Fashion-MNIST or the shared MNIST is missing; under CI (``CI``
+set) a missing Fashion-MNIST fails instead, since .ci/run installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from notebook_outputs import draws_figure, stream_text
+from standins import link_shared_mnist_usps
+
+from course_lib.real_datasets import DEBIAN_FASHION_MNIST
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "solutions").glob("*/*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def lite_folders(tmp_path_factory) -> dict[str, Path]:
+    """A data folder holding the genuine MNIST and USPS, and one feature cache for every chapter."""
+    if not (DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").exists():
+        message = f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST} (tools/ensure_fashion_mnist.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run should have installed it")
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("lite-world")
+    if not link_shared_mnist_usps(root / "data"):
+        pytest.skip("the genuine MNIST/USPS copy (../shared/data) is absent: 19.3's far target is MNIST")
+    return {"data": root / "data", "cache": root / "cache"}
+
+
+@pytest.fixture
+def lite_smoke_env(lite_folders, monkeypatch) -> dict[str, Path]:
+    for name in ("NBGRADER_EXECUTION", "COURSE_DEVICE", "COURSE_UNVERIFIED_FILES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("COURSE_PROFILE", "lite")
+    monkeypatch.setenv("COURSE_SIZE", "smoke")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(lite_folders["data"]))
+    monkeypatch.setenv("COURSE_CACHE_DIR", str(lite_folders["cache"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return lite_folders
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.parent.name for path in NOTEBOOKS])
+def test_chapter_runs_in_the_lite_world_at_smoke_size(path, lite_smoke_env):
+    notebook = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    print(f"{path.name}: {time.perf_counter() - started:.1f} s in the lite world at smoke size")
+
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    stdout = "".join(stream_text(cell, "stdout") for cell in code_cells)
+    stderr = "".join(stream_text(cell, "stderr") for cell in code_cells)
+    for index, cell in enumerate(code_cells):
+        if draws_figure(cell.source):
+            assert any("image/png" in out.get("data", {}) for out in cell.outputs), (
+                f"code cell {index} of {path.name} should draw a figure but shows none:\n{cell.source[:300]}")
+
+    summary = stream_text(code_cells[0], "stdout")
+    assert "lite world, smoke size" in summary and "ImageNet efficientnet-lite0" in summary
+    assert "fashion-mnist" in stdout and "COURSE_UNVERIFIED_FILES" not in stderr
+    if any("near_and_far_targets(cfg)" in cell.source for cell in code_cells):
+        assert "mnist from" in stdout  # the far target is the real MNIST
+    # No fall-back to the course's world, and a headline computed from the real run.
+    assert not (lite_smoke_env["cache"] / "world").exists(), "shape-world images were generated"
+    assert "target shapes of the course's world" not in stdout
+    headlines = re.findall(r"HEADLINE \[lite \(smoke size\)[^\n]*", stdout)
+    assert headlines, "the chapter printed no headline"
