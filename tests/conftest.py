@@ -41,3 +41,9 @@ def shared_data() -> Path:
     if not (folder / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
         pytest.skip(f"real MNIST/USPS copy not found at {folder} (set COURSE_SHARED_DATA to use another folder)")
     return folder
+
+
+@pytest.fixture
+def verified_files_only(monkeypatch) -> None:
+    """Checksums are enforced: ``COURSE_UNVERIFIED_FILES`` is unset (the weight loaders' tests)."""
+    monkeypatch.delenv("COURSE_UNVERIFIED_FILES", raising=False)

@@ -7,6 +7,12 @@ test_lite_profile.py).
 from __future__ import annotations
 
 import ast
+import dataclasses
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
 
 
 def _is_offline_branch(node: ast.AST) -> bool:
@@ -34,3 +40,28 @@ def stream_text(cell, stream: str) -> str:
     """Everything ``cell`` printed to ``stream`` (``"stdout"`` or ``"stderr"``)."""
     return "".join(out.get("text", "") for out in cell.get("outputs", [])
                    if out.get("output_type") == "stream" and out.get("name") == stream)
+
+
+@dataclasses.dataclass
+class ExecutedNotebook:
+    """A chapter notebook after a run: its code cells, all they printed, and how long it took."""
+
+    code_cells: list
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def run_chapter(path: Path) -> ExecutedNotebook:
+    """Execute the notebook at ``path`` in its folder (the first failing cell stops the run with its traceback)
+    and check that every cell that should draw a figure (:func:`draws_figure`) did."""
+    notebook = nbformat.read(path, as_version=4)
+    started = time.perf_counter()
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
+    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    for index, cell in enumerate(code_cells):
+        if draws_figure(cell.source):
+            assert any("image/png" in out.get("data", {}) for out in cell.outputs), (
+                f"code cell {index} of {path.name} should draw a figure but shows none:\n{cell.source[:300]}")
+    return ExecutedNotebook(code_cells, "".join(stream_text(cell, "stdout") for cell in code_cells),
+                            "".join(stream_text(cell, "stderr") for cell in code_cells), time.perf_counter() - started)

@@ -21,10 +21,7 @@ from course_lib.pretrained_weights import (
     load_efficientnet_lite0,
 )
 
-
-@pytest.fixture(autouse=True)
-def verified_only(monkeypatch):
-    monkeypatch.delenv("COURSE_UNVERIFIED_FILES", raising=False)
+pytestmark = pytest.mark.usefixtures("verified_files_only")
 
 
 @pytest.fixture(scope="module")

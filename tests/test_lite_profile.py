@@ -13,13 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
-from notebook_outputs import draws_figure, stream_text
+from notebook_outputs import run_chapter, stream_text
 from standins import link_shared_mnist_usps
 
 from course_lib.real_datasets import DEBIAN_FASHION_MNIST
@@ -58,19 +55,9 @@ def lite_smoke_env(lite_folders, monkeypatch) -> dict[str, Path]:
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.parent.name for path in NOTEBOOKS])
 def test_chapter_runs_in_the_lite_world_at_smoke_size(path, lite_smoke_env):
-    notebook = nbformat.read(path, as_version=4)
-    started = time.perf_counter()
-    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
-    print(f"{path.name}: {time.perf_counter() - started:.1f} s in the lite world at smoke size")
-
-    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    stdout = "".join(stream_text(cell, "stdout") for cell in code_cells)
-    stderr = "".join(stream_text(cell, "stderr") for cell in code_cells)
-    for index, cell in enumerate(code_cells):
-        if draws_figure(cell.source):
-            assert any("image/png" in out.get("data", {}) for out in cell.outputs), (
-                f"code cell {index} of {path.name} should draw a figure but shows none:\n{cell.source[:300]}")
-
+    run = run_chapter(path)
+    print(f"{path.name}: {run.seconds:.1f} s in the lite world at smoke size")
+    code_cells, stdout, stderr = run.code_cells, run.stdout, run.stderr
     summary = stream_text(code_cells[0], "stdout")
     assert "lite world, smoke size" in summary and "ImageNet efficientnet-lite0" in summary
     assert "fashion-mnist" in stdout and "COURSE_UNVERIFIED_FILES" not in stderr

@@ -13,10 +13,7 @@ from course_lib.pretrained_weights import (
     torchvision_weights,
 )
 
-
-@pytest.fixture(autouse=True)
-def verified_only(monkeypatch):
-    monkeypatch.delenv("COURSE_UNVERIFIED_FILES", raising=False)
+pytestmark = pytest.mark.usefixtures("verified_files_only")
 
 
 def test_torchvision_backbone_from_the_real_cache_layout(tmp_path, monkeypatch):

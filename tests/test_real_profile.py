@@ -15,14 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
-from nbclient import NotebookClient
-from notebook_outputs import draws_figure, stream_text
+from notebook_outputs import draws_figure, run_chapter, stream_text
 from standins import link_shared_mnist_usps, write_cifar10, write_resnet18_checkpoint, write_svhn
 
 from course_lib import config
@@ -90,21 +87,9 @@ def test_draws_figure_skips_offline_only_plots():
 def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     files = real_smoke_env
     features_before = set((files.cache_dir / "features").glob("*.pt"))
-    notebook = nbformat.read(path, as_version=4)
-    started = time.perf_counter()
-    # allow_errors=False: the first failing cell stops the run with its traceback.
-    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(path.parent)}}).execute()
-    print(f"{path.name}: {time.perf_counter() - started:.1f} s in the real world at smoke size")
-
-    code_cells = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    stdout = "".join(stream_text(cell, "stdout") for cell in code_cells)
-    stderr = "".join(stream_text(cell, "stderr") for cell in code_cells)
-
-    # Every figure is drawn.
-    for index, cell in enumerate(code_cells):
-        if draws_figure(cell.source):
-            pngs = [out for out in cell.outputs if "image/png" in out.get("data", {})]
-            assert pngs, f"code cell {index} of {path.name} should draw a figure but shows none:\n{cell.source[:300]}"
+    run = run_chapter(path)
+    print(f"{path.name}: {run.seconds:.1f} s in the real world at smoke size")
+    code_cells, stdout, stderr = run.code_cells, run.stdout, run.stderr
 
     # The setup summary names the real world, its data folder and the ImageNet backbone.
     summary = stream_text(code_cells[0], "stdout")
