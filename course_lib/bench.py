@@ -9,9 +9,11 @@ Library-level figures, measured here:
    reason chapter 19.2 caches features).
 
 Chapter headlines, measured by the chapters themselves: every instructor notebook
-``solutions/<chapter>/*.ipynb`` is executed (the ``standard`` profile; ``smoke`` with ``--quick``)
-and the lines it prints that start with ``HEADLINE [`` are shown with the time it took. Each
-experiment is defined once, in its notebook; the bench only runs it.
+``solutions/<chapter>/*.ipynb`` is executed in the ``standard`` profile (the course's world) and
+in the ``lite`` profile (real data and EfficientNet-Lite0, offline), or in ``smoke`` only with
+``--quick``, and the lines it prints that start with ``HEADLINE [`` are shown with the time each
+run took: each chapter's world headline next to its real-data one. Each experiment is defined
+once, in its notebook; the bench only runs it.
 
 Nothing here is a pass/fail test: targets are printed next to the measured figures. The command
 exits with 1 only when a chapter notebook fails or prints no ``HEADLINE`` line.
@@ -26,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -165,23 +168,26 @@ def run_notebook(path: Path, profile: str, cell_timeout_s: int = 3600) -> Notebo
     return NotebookRun(Path(path), time.perf_counter() - started, headline_lines(notebook), error)
 
 
-def print_chapter_headlines(notebooks: list[Path], profile: str) -> bool:
-    """Run every chapter notebook in ``profile`` and print its time and ``HEADLINE`` lines; return
-    True when every notebook ran to the end and printed at least one."""
-    print(f"chapter notebooks, executed in the {profile} profile (each experiment is defined in its notebook):")
+def print_chapter_headlines(notebooks: list[Path], profiles: str | Sequence[str]) -> bool:
+    """Run every chapter notebook in each of ``profiles`` and print, chapter by chapter, each run's time
+    and ``HEADLINE`` lines; return True when every run went to the end and printed at least one."""
+    profiles = [profiles] if isinstance(profiles, str) else list(profiles)
+    print(f"chapter notebooks, executed in the {' and '.join(profiles)} profile(s) "
+          "(each experiment is defined in its notebook):")
     all_good = True
     for path in notebooks:
-        run = run_notebook(path, profile)
-        name = f"{path.parent.name}/{path.name}"
-        if run.error is not None:
-            print(f"  {name}: FAILED after {run.seconds:.0f} s: {run.error}")
-        else:
-            print(f"  {name}: {run.seconds:.0f} s")
-        for line in run.headlines:
-            print(f"    {line}")
-        if run.error is None and not run.headlines:
-            print(f"    (no line starting with {HEADLINE_PREFIX!r}: every chapter notebook prints its headline)")
-        all_good = all_good and run.error is None and bool(run.headlines)
+        print(f"  {path.parent.name}/{path.name}")
+        for profile in profiles:
+            run = run_notebook(path, profile)
+            if run.error is not None:
+                print(f"    {profile}: FAILED after {run.seconds:.0f} s: {run.error}")
+            else:
+                print(f"    {profile}: {run.seconds:.0f} s")
+            for line in run.headlines:
+                print(f"      {line}")
+            if run.error is None and not run.headlines:
+                print(f"      (no line starting with {HEADLINE_PREFIX!r}: every chapter notebook prints its headline)")
+            all_good = all_good and run.error is None and bool(run.headlines)
     return all_good
 
 
@@ -216,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print_library_figures(args.quick)
-    return 0 if print_chapter_headlines(notebooks, "smoke" if args.quick else "standard") else 1
+    return 0 if print_chapter_headlines(notebooks, ["smoke"] if args.quick else ["standard", "lite"]) else 1
 
 
 if __name__ == "__main__":

@@ -53,10 +53,15 @@ def test_failed_and_silent_notebooks_are_reported(tmp_path, capsys):
     assert bench.print_chapter_headlines([good], "smoke") is True
     assert bench.print_chapter_headlines([good, broken, silent], "smoke") is False
     out = capsys.readouterr().out
-    assert re.search(r"  a_good/good\.ipynb: \d+ s\n    HEADLINE \[smoke\]: it ran\n", out)
-    assert re.search(r"  b_broken/broken\.ipynb: FAILED after \d+ s: ZeroDivisionError: division by zero\n"
-                     r"    HEADLINE \[smoke\]: early\n", out)
-    assert re.search(r"  c_silent/silent\.ipynb: \d+ s\n    \(no line starting with 'HEADLINE \['", out)
+    assert re.search(r"  a_good/good\.ipynb\n    smoke: \d+ s\n      HEADLINE \[smoke\]: it ran\n", out)
+    assert re.search(r"  b_broken/broken\.ipynb\n    smoke: FAILED after \d+ s: ZeroDivisionError: division by zero\n"
+                     r"      HEADLINE \[smoke\]: early\n", out)
+    assert re.search(r"  c_silent/silent\.ipynb\n    smoke: \d+ s\n      \(no line starting with 'HEADLINE \['", out)
+    # Several profiles: each chapter's runs side by side, one after the other.
+    assert bench.print_chapter_headlines([good], ["smoke", "standard"]) is True
+    out = capsys.readouterr().out
+    assert re.search(r"    smoke: \d+ s\n      HEADLINE \[smoke\]: it ran\n"
+                     r"    standard: \d+ s\n      HEADLINE \[standard\]: it ran\n", out)
 
 
 @pytest.mark.notebook
@@ -70,8 +75,8 @@ def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypa
     assert re.search(r"feature extraction \(\d+ target images\): [\d,]+ images/s", out)
     assert re.search(r"\(a\) linear head on cached features \d+\.\d ms, \(b\) head \+ frozen backbone \d+ ms, "
                      r"\(c\) full training \d+ ms: the cache is \d+x faster than \(b\) and \d+x faster than \(c\)", out)
-    assert "chapter notebooks, executed in the smoke profile" in out
+    assert "chapter notebooks, executed in the smoke profile(s)" in out
     for path in bench.chapter_notebooks():
         name = re.escape(f"{path.parent.name}/{path.name}")
-        assert re.search(rf"\n  {name}: \d+ s\n    HEADLINE \[smoke, [^\n]*\]: \S", out), f"no headline for {name}:\n{out}"
+        assert re.search(rf"\n  {name}\n    smoke: \d+ s\n      HEADLINE \[smoke, [^\n]*\]: \S", out), f"no headline for {name}:\n{out}"
     assert "FAILED" not in out
