@@ -18,6 +18,7 @@ result is never returned.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,7 +30,7 @@ from course_lib.core import eval_mode, model_device
 from course_lib.feature_cache import FeatureCache
 from course_lib.validation import check_positive_int
 
-__all__ = ["POOLS", "extract_features", "feature_loader", "features_dataset", "layer_names"]
+__all__ = ["POOLS", "extract_features", "extract_layers", "feature_loader", "features_dataset", "layer_names"]
 
 POOLS = ("avg", "flatten", "none")
 
@@ -64,61 +65,94 @@ def extract_features(
 
     Returns float32 features and int64 labels, both on the CPU.
     """
+    return extract_layers(model, data, [layer], batch_size=batch_size, device=device, pool=pool, cache=cache,
+                          progress=progress)[layer]
+
+
+@torch.no_grad()
+def extract_layers(
+    model: nn.Module,
+    data: Dataset | DataLoader,
+    layers: Sequence[str | None],
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+    pool: str = "avg",
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`extract_features` for several layers at once: ``{layer: (features, labels)}`` (19.1).
+
+    The layers not in ``cache`` are all captured in one pass over ``data``, so that probing every
+    stage of a network costs one pass, not one per stage; each result is cached on its own, under
+    the same key that :func:`extract_features` uses for that layer.
+    """
     if pool not in POOLS:
         raise ValueError(f"Unknown pool {pool!r}: use one of {POOLS}.")
     device = model_device(model, device)
-    module = _find_layer(model, layer)
-    loader = _as_loader(data, batch_size, device)
-    if cache is None:
-        return _run_extraction(model, module, loader, pool, device, progress)
-
-    key = cache.key(model, layer, data, pool)
-    cached = cache.load(key)
-    if cached is not None:
-        if progress:
-            print(f"Features loaded from the cache: {cache.path(key)}")
-        return cached
-    features, labels = _run_extraction(model, module, loader, pool, device, progress)
-    path = cache.save(key, features, labels)
-    if progress:
-        print(f"Features computed and cached in {path}")
-    return features, labels
+    modules = {layer: _find_layer(model, layer) for layer in layers}  # every name checked first
+    results, keys = {}, {}
+    for layer in modules:
+        if cache is not None:
+            keys[layer] = cache.key(model, layer, data, pool)
+            cached = cache.load(keys[layer])
+            if cached is not None:
+                if progress:
+                    print(f"Features loaded from the cache: {cache.path(keys[layer])}")
+                results[layer] = cached
+    missing = {layer: module for layer, module in modules.items() if layer not in results}
+    if missing:
+        computed = _run_extraction(model, missing, _as_loader(data, batch_size, device), pool, device, progress)
+        for layer, (features, labels) in computed.items():
+            results[layer] = features, labels
+            if cache is not None:
+                path = cache.save(keys[layer], features, labels)
+                if progress:
+                    print(f"Features computed and cached in {path}")
+    return {layer: results[layer] for layer in modules}
 
 
 def _run_extraction(
-    model: nn.Module, module: nn.Module | None, loader: DataLoader, pool: str, device: torch.device, progress: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loop: one forward pass per batch, the hooked layer's (or the model's) output pooled."""
-    captured: list[torch.Tensor] = []
+    model: nn.Module, modules: dict[str | None, nn.Module | None], loader: DataLoader, pool: str, device: torch.device,
+    progress: bool,
+) -> dict[str | None, tuple[torch.Tensor, torch.Tensor]]:
+    """The loop: one forward pass per batch, each hooked layer's (or, for None, the model's) output pooled."""
+    captured: dict[str | None, list[torch.Tensor]] = {layer: [] for layer in modules}
 
-    def keep_output(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        # Copy now: a later in-place layer (ReLU(inplace=True)) would otherwise overwrite it.
-        captured.append(_pool(output, pool).to("cpu", torch.float32, copy=True))
+    def keeper(layer: str | None):
+        def keep_output(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            # Copy now: a later in-place layer (ReLU(inplace=True)) would otherwise overwrite it.
+            captured[layer].append(_pool(output, pool).to("cpu", torch.float32, copy=True))
+        return keep_output
 
-    hook = module.register_forward_hook(keep_output) if module is not None else None
-    all_features, all_labels = [], []
+    hooks = [module.register_forward_hook(keeper(layer)) for layer, module in modules.items() if module is not None]
+    all_features: dict[str | None, list[torch.Tensor]] = {layer: [] for layer in modules}
+    all_labels = []
     try:
         with eval_mode(model):
             for batch in tqdm(loader, desc="extracting features", leave=False, disable=not progress):
                 images, labels = _split_batch(batch)
-                captured.clear()
+                for values in captured.values():
+                    values.clear()
                 output = model(images.to(device, non_blocking=device.type == "cuda"))
-                if module is None:
-                    all_features.append(_pool(output, pool).to("cpu", torch.float32, copy=True))
-                elif len(captured) != 1:
-                    raise RuntimeError(
-                        f"The layer ran {len(captured)} times in one forward pass; pick a layer that runs "
-                        "exactly once (a shared module called twice has no single output)."
-                    )
-                else:
-                    all_features.append(captured[0])
+                for layer, module in modules.items():
+                    if module is None:
+                        all_features[layer].append(_pool(output, pool).to("cpu", torch.float32, copy=True))
+                    elif len(captured[layer]) != 1:
+                        raise RuntimeError(
+                            f"The layer {layer!r} ran {len(captured[layer])} times in one forward pass; pick a layer "
+                            "that runs exactly once (a shared module called twice has no single output)."
+                        )
+                    else:
+                        all_features[layer].append(captured[layer][0])
                 all_labels.append(labels)
     finally:
-        if hook is not None:
+        for hook in hooks:
             hook.remove()  # a forgotten hook would keep capturing in every later forward pass
-    if not all_features:
+    if not all_labels:
         raise ValueError("The data is empty: there is nothing to extract features from.")
-    return torch.cat(all_features), torch.cat(all_labels)
+    labels = torch.cat(all_labels)
+    return {layer: (torch.cat(parts), labels) for layer, parts in all_features.items()}
 
 
 def _pool(activation: Any, pool: str) -> torch.Tensor:

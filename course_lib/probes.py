@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from course_lib.activations import named_layers
 from course_lib.feature_cache import FeatureCache
-from course_lib.features import extract_features
+from course_lib.features import extract_layers
 from course_lib.models import stage_names
 from course_lib.validation import (
     check_class_labels, check_feature_matrix, check_non_negative_int, check_positive_int, check_positive_number,
@@ -182,7 +182,7 @@ def transferability_curve(
 
     For each layer (default: ``stage_names(model)``, input to output) the frozen ``model``'s
     features of ``train_data`` and ``test_data`` are extracted with
-    :func:`course_lib.features.extract_features` (reused from ``cache`` when given) and scored
+    :func:`course_lib.features.extract_layers`, all in one pass (reused from ``cache`` when given), and scored
     with :func:`linear_probe_accuracy` (``epochs``, ``lr``, ``weight_decay``, ``seed``). Plotting
     the curve of a pretrained and a randomly initialised model shows where in the network the
     transferable knowledge lives.
@@ -192,10 +192,12 @@ def transferability_curve(
     if layers is None:
         layers = stage_names(model)
     named_layers(model, layers)  # every name checked before any slow extraction starts
+    # Every layer's features in one pass over each split (not one pass per layer).
+    train = extract_layers(model, train_data, list(layers), pool=pool, cache=cache, progress=progress)
+    test = extract_layers(model, test_data, list(layers), pool=pool, cache=cache, progress=progress)
     curve = {}
     for layer in layers:
-        train_features, train_labels = extract_features(model, train_data, layer, pool=pool, cache=cache, progress=progress)
-        test_features, test_labels = extract_features(model, test_data, layer, pool=pool, cache=cache, progress=progress)
+        (train_features, train_labels), (test_features, test_labels) = train[layer], test[layer]
         curve[layer] = linear_probe_accuracy(
             train_features, train_labels, test_features, test_labels,
             epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed,

@@ -136,3 +136,25 @@ def test_feature_loader_shuffles_reproducibly():
 def test_features_dataset_checks_its_inputs(features, labels, error, message):
     with pytest.raises(error, match=message):
         features_dataset(features, labels)
+
+
+def test_extract_layers_runs_the_data_once_for_every_layer_and_caches_each(tmp_path):
+    from course_lib.feature_cache import FeatureCache
+    from course_lib.features import extract_features, extract_layers
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    data = TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10) % 2)
+    calls = []
+    model.register_forward_pre_hook(lambda module, inputs: calls.append(len(inputs[0])))
+    cache = FeatureCache(tmp_path)
+    both = extract_layers(model, data, ["0", "2", None], batch_size=4, cache=cache, progress=False)
+    assert calls == [4, 4, 2]  # one pass over the data for all three layers
+    for layer in ("0", "2", None):
+        alone = extract_features(model, data, layer, batch_size=4, progress=False)
+        assert torch.equal(both[layer][0], alone[0]) and torch.equal(both[layer][1], alone[1])
+    calls.clear()
+    again = extract_layers(model, data, ["2", "0"], cache=cache, progress=False)
+    assert calls == [] and list(again) == ["2", "0"]  # every layer came from the cache
+    assert torch.equal(again["0"][0], both["0"][0])
+    with pytest.raises(ValueError, match="no layer .nope."):
+        extract_layers(model, data, ["0", "nope"], progress=False)
