@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 .PHONY: help venv test test-fast chromium fashion-mnist book bench lab pretrain clean lessons check-lessons grade
 
 help:
-	@echo "make book      set up, execute every lesson, build the book to _build/html"
+	@echo "make book      set up, execute every lesson (in the course's world and on real data), build the book to _build/html"
 	@echo "make test      the whole test suite (about 5 minutes on 2 cores after set-up); ends with what was skipped and why"
 	@echo "make test-fast the tests that take seconds (no notebooks, grading or book; about 1 minute): the edit-test loop"
 	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
@@ -62,8 +62,10 @@ chromium:
 fashion-mnist:
 	@tools/ensure_fashion_mnist.sh
 
-book: venv
-	$(BIN)/python tools/book_notebooks.py
+# The labs run twice: in the course's world (executed by jupyter-book) and on real data (the lite
+# profile, executed by book_notebooks.py: Fashion-MNIST from Debian's package, MNIST in COURSE_DATA_DIR).
+book: venv fashion-mnist
+	$(BIN)/python tools/book_notebooks.py --real-data
 	$(BIN)/jupyter-book build . --all --warningiserror --keep-going
 	@echo "open _build/html/index.html"
 

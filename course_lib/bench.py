@@ -6,7 +6,10 @@ Library-level figures, measured here:
 2. the shipped source model's held-out accuracy, per domain;
 3. how fast features are extracted from the backbone, and the per-epoch cost of training a linear
    head on cached features, on the frozen backbone run in every epoch, and of full training (the
-   reason chapter 19.2 caches features).
+   reason chapter 19.2 caches features);
+4. what the input resolution costs the lite world: a converged linear probe on EfficientNet-Lite0's
+   frozen features of Fashion-MNIST, with the 28-px images upsampled to 32 ... 224 px, and how
+   fast each size is extracted (the lite profile's 64 px is a compromise between the two).
 
 Chapter headlines, measured by the chapters themselves: every instructor notebook
 ``solutions/<chapter>/*.ipynb`` is executed in the ``standard`` profile (the course's world) and
@@ -35,10 +38,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from course_lib.data import backbone_statistics, imagenet_transform, subset_per_class
 from course_lib.feature_cache import FeatureCache
 from course_lib.features import extract_features, feature_loader
+from course_lib.finetuning import probe_head
 from course_lib.freezing import FrozenBackbone
-from course_lib.models import load_backbone, replace_head
+from course_lib.models import feature_layer, load_backbone, replace_head
+from course_lib.real_datasets import load_real_dataset
 from course_lib.training import evaluate
 from course_lib.world import DOMAINS, TARGET_CLASSES, ShapeWorld, world_generation_speed
 
@@ -104,6 +110,40 @@ def bench_features(train_per_class: int) -> dict[str, float]:
         "full_epoch_s": full_epoch,
         "speedup": backbone_epoch / cached_epoch,
     }
+
+
+RESOLUTIONS = (32, 64, 96, 128, 224)
+
+
+def bench_resolution(train_per_class: int, test_per_class: int,
+                     sizes: Sequence[int] = RESOLUTIONS) -> dict[int, dict[str, float]]:
+    """What the input size costs in accuracy and time, in the lite world: ``{size: figures}``.
+
+    For each size, Fashion-MNIST's 28-px images are upsampled to ``size`` pixels (as the lite
+    profile does), EfficientNet-Lite0's frozen ImageNet features are extracted at
+    :func:`~course_lib.models.feature_layer`, and a converged linear probe
+    (:func:`~course_lib.finetuning.probe_head`) is scored on held-out images. Figures:
+    ``accuracy`` and ``images_per_s`` (extraction speed on this machine).
+    """
+    backbone = load_backbone("efficientnet-lite0")
+    layer = feature_layer(backbone)
+    mean, std = backbone_statistics("efficientnet-lite0")
+    figures = {}
+    for size in sizes:
+        transform = imagenet_transform(size, mean=mean, std=std, crop=False)
+        train = subset_per_class(load_real_dataset("fashion-mnist", train=True, transform=transform),
+                                 train_per_class, seed=0)
+        test = subset_per_class(load_real_dataset("fashion-mnist", train=False, transform=transform),
+                                test_per_class, seed=1)
+        started = time.perf_counter()
+        train_features, train_labels = extract_features(backbone, train, layer, progress=False)
+        test_features, test_labels = extract_features(backbone, test, layer, progress=False)
+        seconds = time.perf_counter() - started
+        head = probe_head(train_features, train_labels, num_classes=int(train_labels.max()) + 1)
+        with torch.no_grad():
+            accuracy = (head(test_features).argmax(dim=1) == test_labels).float().mean().item()
+        figures[size] = {"accuracy": accuracy, "images_per_s": (len(train) + len(test)) / seconds}
+    return figures
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +234,7 @@ def print_chapter_headlines(notebooks: list[Path], profiles: str | Sequence[str]
 def print_library_figures(quick: bool) -> None:
     """Print the library-level figures: world speed, source-model accuracy, feature and epoch cost."""
     world_n, test_per_class, train_per_class = (200, 5, 10) if quick else (4000, 100, 200)
+    resolutions, resolution_images = ((32, 48), (5, 5)) if quick else (RESOLUTIONS, (100, 100))
     print("world generation, 64x64, one thread, images/s (target >= 2,000):")
     for domain, speed in bench_world(world_n).items():
         print(f"  {domain:8s} {speed:7,.0f}")
@@ -208,6 +249,10 @@ def print_library_figures(quick: bool) -> None:
         f"(c) full training {figures['full_epoch_s'] * 1000:.0f} ms: the cache is {figures['speedup']:.0f}x faster "
         f"than (b) and {figures['full_epoch_s'] / figures['cached_epoch_s']:.0f}x faster than (c)"
     )
+    print(f"lite world, input size (Fashion-MNIST, {resolution_images[0]} train / {resolution_images[1]} test images "
+          "per class, EfficientNet-Lite0 frozen, converged linear probe; the lite profile uses 64 px):")
+    for size, result in bench_resolution(*resolution_images, sizes=resolutions).items():
+        print(f"  {size:3d} px  accuracy {result['accuracy']:6.2%}  extraction {result['images_per_s']:7,.0f} images/s")
 
 
 def main(argv: list[str] | None = None) -> int:

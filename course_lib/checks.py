@@ -22,7 +22,7 @@ from typing import NoReturn
 
 import torch
 
-__all__ = ["check_claim", "check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of", "fail", "listed"]
+__all__ = ["check_claim", "claim_verdict", "check_close", "check_no_grad", "check_range", "check_tensor", "check_uses_none_of", "fail", "listed"]
 
 _MAX_LISTED = 5  # how many offending names a message lists before "... and N more"
 
@@ -238,3 +238,12 @@ def check_claim(holds: bool, claim: str, *, checked: bool, measured: str = "") -
     else:
         print(f"claim not checked in this run, and it does not hold here: {claim}{detail}")
     return holds
+
+
+def claim_verdict(holds: bool) -> str:
+    """``"holds"`` or ``"does not hold"``: :func:`check_claim`'s result as words for the book.
+
+    A chapter page glues it next to the sentence it judges, so its section on real data can say
+    where the real-data run agrees with the text (an unchecked claim may fail there).
+    """
+    return "holds" if holds else "does not hold"

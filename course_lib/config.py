@@ -67,24 +67,27 @@ _WORLD_SETTINGS: dict[str, dict[str, str]] = {
 # are 224 px at full size (ImageNet's resolution), 112 px at standard size (4x cheaper on a CPU),
 # and 32 px at smoke size: CIFAR-10's and SVHN's own resolution, where a ResNet-18 runs about 50x
 # faster than at 224 px, so that the real world's smoke run takes seconds per cell on a CPU.
-# The lite world's 28-px Fashion-MNIST and MNIST images are upsampled to 96 px at standard size:
-# enough for EfficientNet-Lite0's five halvings to leave a 3x3 map, and ~5x cheaper than 224 px.
+# The lite world's 28-px Fashion-MNIST and MNIST images are upsampled to 64 px at standard size
+# (EfficientNet-Lite0's five halvings leave a 2x2 map): training runs at about 220 images/s on 2
+# CPU cores there, against 120 at 96 px, and the lite standard size is what fits each chapter in
+# about six minutes: 50 images per class, 2 draws, a 16-epoch from-scratch budget in 19.2 and
+# 4 x 8 batches per fine-tuning run in 19.3 (`make bench` prints what the input size costs).
 _SIZE_FIELDS = (
     "image_size", "train_per_class", "test_per_class", "epochs", "batch_size", "num_seeds",
-    "cka_images", "scratch_epochs", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
+    "cka_images", "scratch_epochs", "scratch_budget", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
     "finetune_large_per_class",
 )
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
-    #                         image train test epochs batch seeds  cka scratch  ft_batch ft_epochs ft_batches ft_large
-    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,      16,       2,        2,       16),
-    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,      32,       8,       20,     600),
-    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,      32,      10,       50,    1000),
-    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,      16,       2,        2,       16),
-    ("lite", "standard"):    (96,   100,   50,    5,    64,    3,  128, None,      32,       8,       20,     600),
-    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,      32,      10,       50,    1000),
-    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,      16,       2,        2,       16),
-    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,      32,       8,       20,     600),
-    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,      32,      10,       50,    1000),
+    #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large
+    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600),
+    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000),
+    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16),
+    ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,        8,      600),
+    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000),
+    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16),
+    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,    30,      32,       8,       20,     600),
+    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000),
 }
 
 
@@ -107,6 +110,8 @@ class CourseConfig:
       activations of all of them are held in memory at once.
     - ``scratch_epochs``: epochs of the from-scratch baseline in 19.2's data-efficiency curve;
       None uses :func:`course_lib.experiments.scratch_epochs`, which scales with the data size.
+    - ``scratch_budget``: epochs of 19.2's from-scratch baseline on all the training images (its
+      budget sweep adds half and twice as many).
     - ``finetune_batch_size``, ``finetune_epochs``, ``finetune_batches_per_epoch``: every
       fine-tuning run of 19.3 (a fixed number of batches per epoch, so that runs on 1 or 100
       images per class cost the same).
@@ -133,6 +138,7 @@ class CourseConfig:
     num_seeds: int
     cka_images: int
     scratch_epochs: int | None
+    scratch_budget: int
     finetune_batch_size: int
     finetune_epochs: int
     finetune_batches_per_epoch: int

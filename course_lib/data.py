@@ -245,7 +245,7 @@ def lesson_data(
         class_names = [str(name) for name in full_train.classes]
         if not class_names:
             class_names = [str(c) for c in range(int(dataset_targets(full_train).max()) + 1)]
-        description = f"{cfg.dataset} from {cfg.data_dir}"
+        description = f"{cfg.dataset} from {full_train.folder}"
     else:
         # ShapeWorld normalises with the world's statistics unless a transform replaces that.
         transform = None if mean is None else Normalize(tuple(mean), tuple(std))

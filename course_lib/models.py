@@ -248,7 +248,8 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
     - ``"timm:<model name>"`` for a timm model.
 
     ``pretrained=False`` returns the same architecture with random weights (19.1 compares them).
-    The model is returned in ``eval()`` mode on the CPU.
+    The model is returned in ``eval()`` mode on the CPU (EfficientNet's weights in channels-last
+    memory order: see below).
     """
 
     if name == "course-resnet":
@@ -257,6 +258,10 @@ def load_backbone(name: str = "course-resnet", *, pretrained: bool = True, downl
         import timm
 
         model = load_efficientnet_lite0() if pretrained else timm.create_model("tf_efficientnet_lite0")
+        # Its depthwise convolutions run about 1.5x faster on a CPU when the weights are stored
+        # channels-last (measured on 2 cores: training 150 -> 221 images/s at 64 px); the
+        # model computes the same function, up to floating-point rounding.
+        model = model.to(memory_format=torch.channels_last)
     elif name.startswith("timm:"):
         import timm
 

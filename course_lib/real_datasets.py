@@ -208,11 +208,13 @@ class RealDataset(Dataset):
     Items (``(image, label)``), length, ``classes`` and ``transform`` are those of the torchvision
     dataset, kept in ``.dataset``. ``fingerprint`` names the dataset and split and hashes its files
     (:func:`files_fingerprint`); :func:`course_lib.features.data_fingerprint` adds the transform.
+    ``folder`` is where the files were read from (for Fashion-MNIST, the data folder or Debian's).
     Made by :func:`load_real_dataset`.
     """
 
     def __init__(self, name: str, train: bool, dataset: Dataset, files: list[Path]):
         self.name, self.train, self.dataset = name, train, dataset
+        self.folder = files[0].parent
         self.fingerprint = f"{name}/{'train' if train else 'test'}/{type(dataset).__name__}/files={files_fingerprint(files)}"
 
     def __len__(self) -> int:

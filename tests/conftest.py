@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,20 @@ def shared_data() -> Path:
     if not (folder / "MNIST" / "raw" / "t10k-images-idx3-ubyte").exists():
         pytest.skip(f"real MNIST/USPS copy not found at {folder} (set COURSE_SHARED_DATA to use another folder)")
     return folder
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist() -> Path:
+    """Debian's Fashion-MNIST folder (the lite world); skipped, with the reason, where it is absent,
+    except under CI (``CI`` set), where it fails: .ci/run installs it."""
+    from course_lib.real_datasets import DEBIAN_FASHION_MNIST
+
+    if not (DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").exists():
+        message = f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST} (tools/ensure_fashion_mnist.sh)"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; .ci/run should have installed it")
+        pytest.skip(message)
+    return DEBIAN_FASHION_MNIST
 
 
 @pytest.fixture

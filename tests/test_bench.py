@@ -65,7 +65,7 @@ def test_failed_and_silent_notebooks_are_reported(tmp_path, capsys):
 
 
 @pytest.mark.notebook
-def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypatch, tmp_path, capsys):
+def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypatch, tmp_path, capsys, fashion_mnist):
     monkeypatch.setenv("COURSE_CACHE_DIR", str(tmp_path))
     assert bench.main(["--quick"]) == 0
     out = capsys.readouterr().out
@@ -75,6 +75,9 @@ def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypa
     assert re.search(r"feature extraction \(\d+ target images\): [\d,]+ images/s", out)
     assert re.search(r"\(a\) linear head on cached features \d+\.\d ms, \(b\) head \+ frozen backbone \d+ ms, "
                      r"\(c\) full training \d+ ms: the cache is \d+x faster than \(b\) and \d+x faster than \(c\)", out)
+    assert re.search(r"lite world, input size \(Fashion-MNIST, 5 train / 5 test images per class[^\n]*\n"
+                     r"   32 px  accuracy +\d+\.\d\d%  extraction +[\d,]+ images/s\n"
+                     r"   48 px  accuracy +\d+\.\d\d%", out)
     assert "chapter notebooks, executed in the smoke profile(s)" in out
     for path in bench.chapter_notebooks():
         name = re.escape(f"{path.parent.name}/{path.name}")

@@ -26,6 +26,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from repo_tools import load_tool
+from standins import link_shared_mnist_usps
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT_DIR = ROOT / "_build" / "screenshots"
@@ -157,6 +158,32 @@ def test_write_book_notebooks_names_pages_after_assignments(tmp_path):
     nbformat.validate(notebook)
 
 
+def test_real_data_pages_are_written_next_to_each_lab_and_say_what_they_ran(tmp_path):
+    solutions = write_solutions(tmp_path / "solutions", {"19_1_a": ["one.ipynb"]})
+    out = tmp_path / "book" / "notebooks"
+    written = book_notebooks.write_book_notebooks(solutions, out, "full", real_data=True)
+    assert [path.name for path in written] == ["19_1_a.ipynb", "19_1_a-real-data.ipynb"]
+    lab, real = (nbformat.read(path, as_version=4) for path in written)
+    nbformat.validate(real)
+    assert real.cells[0].source.startswith("# Lab on real data: Squares\n")
+    assert real.cells[1].source == book_notebooks.REAL_DATA_NOTE and "COURSE_PROFILE=lite" in real.cells[1].source
+    assert [cell.source for cell in real.cells[2:]] == [cell.source for cell in lab.cells[1:]]
+    assert "Lab on real data" not in lab.cells[0].source
+
+
+@pytest.mark.parametrize("environ, size", [
+    ({}, "standard"), ({"COURSE_PROFILE": "smoke"}, "smoke"), ({"COURSE_PROFILE": "real"}, "full"),
+    ({"COURSE_PROFILE": "standard", "COURSE_SIZE": "smoke"}, "smoke"),
+])
+def test_real_data_pages_run_at_the_size_of_the_books_profile(environ, size):
+    assert book_notebooks.real_data_size(environ) == size
+
+
+def test_an_unknown_book_profile_is_an_error():
+    with pytest.raises(ValueError, match="COURSE_PROFILE='fast' is not a profile"):
+        book_notebooks.real_data_size({"COURSE_PROFILE": "fast"})
+
+
 def test_write_book_notebooks_reports_missing_and_corrupt_input(tmp_path):
     with pytest.raises(FileNotFoundError, match="No solutions folder"):
         book_notebooks.write_book_notebooks(tmp_path / "nowhere", tmp_path / "out")
@@ -222,8 +249,10 @@ def test_toc_nests_each_lab_under_its_chapter():
     for entry in entries:
         assert entry["file"].startswith("book/19_") and (ROOT / f"{entry['file']}.md").is_file(), entry
         sections = [section["file"] for section in entry.get("sections", [])]
-        expected = sorted(f"book/notebooks/{stem}" for stem in labs
-                          if stem == Path(entry["file"]).name or stem.startswith(Path(entry["file"]).name + "-"))
+        own = sorted(stem for stem in labs
+                     if stem == Path(entry["file"]).name or stem.startswith(Path(entry["file"]).name + "-"))
+        # Each lab, then the same lab on real data.
+        expected = [f"book/notebooks/{stem}{suffix}" for stem in own for suffix in ("", book_notebooks.REAL_DATA_SUFFIX)]
         assert sections == expected, f"{entry['file']}: its lab pages should be its sections, found {sections}"
 
 
@@ -304,9 +333,16 @@ def chapter_pages() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def built_book(tmp_path_factory) -> Path:
-    """Build a copy of the book in the smoke profile; return its folder (HTML in _build/html)."""
+def built_book(tmp_path_factory, fashion_mnist) -> Path:
+    """Build a copy of the book in the smoke profile; return its folder (HTML in _build/html).
+
+    The labs' real-data pages run at smoke size in the lite profile, with Debian's Fashion-MNIST
+    and the genuine MNIST of ../shared/data (skipped, with the reason, where that is absent).
+    """
     source = tmp_path_factory.mktemp("book")
+    data = source / "data"
+    if not link_shared_mnist_usps(data):
+        pytest.skip("the genuine MNIST/USPS copy (../shared/data) is absent: the real-data labs' far target is MNIST")
     for name in ("_config.yml", "_toc.yml", "tools/book_notebooks.py"):  # the last is a Sphinx extension too
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
@@ -318,10 +354,14 @@ def built_book(tmp_path_factory) -> Path:
                 if page.startswith("book/notebooks/") and not list((source / "solutions" / Path(page).name).glob("*.ipynb"))]
     assert not missing, f"_toc.yml lists chapter pages whose sources do not exist: {missing}"
 
-    env = dict(os.environ, COURSE_PROFILE="smoke", COURSE_CACHE_DIR=str(source / "cache"), HF_HUB_OFFLINE="1")
-    prepare = subprocess.run([sys.executable, str(ROOT / "tools" / "book_notebooks.py"), "--root", str(source)],
-                             capture_output=True, text=True, env=env)
+    env = dict(os.environ, COURSE_PROFILE="smoke", COURSE_CACHE_DIR=str(source / "cache"), HF_HUB_OFFLINE="1",
+               COURSE_DATA_DIR=str(data))
+    for name in ("COURSE_SIZE", "COURSE_UNVERIFIED_FILES", "NBGRADER_EXECUTION"):
+        env.pop(name, None)
+    prepare = subprocess.run([sys.executable, str(ROOT / "tools" / "book_notebooks.py"), "--root", str(source),
+                              "--real-data"], capture_output=True, text=True, env=env)
     assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+    assert prepare.stdout.count("in the lite profile (smoke size)") == len(LAB_TARGETS), prepare.stdout
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     start = time.perf_counter()
     build = subprocess.run([str(jupyter_book), "build", str(source), "--all", "--warningiserror", "--keep-going"],
@@ -410,7 +450,9 @@ def test_each_lab_is_titled_as_its_chapters_lab(built_book):
         for section in entry.get("sections", []):
             markup = built_page(built_book, section["file"]).read_text(encoding="utf-8")
             title = visible_text(re.search(r"<h1.*?</h1>", markup, re.S)[0]).strip().rstrip("#").strip()
-            assert title.startswith(f"{number} Lab: "), f"{section['file']} is titled {title!r}"
+            lab = (book_notebooks.REAL_DATA_LAB if section["file"].endswith(book_notebooks.REAL_DATA_SUFFIX)
+                   else book_notebooks.LAB)
+            assert title.startswith(f"{number} {lab} "), f"{section['file']} is titled {title!r}"
             assert title != chapter.strip().rstrip("#").strip()
             # In the navigation the lab is the chapter's child: a second-level entry under it.
             chapter_markup = built_page(built_book, entry["file"]).read_text(encoding="utf-8")

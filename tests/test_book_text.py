@@ -93,9 +93,15 @@ def _shown(path: Path) -> str:
 
 
 def lab_sources() -> dict[str, Path]:
-    """``book/notebooks/<stem>.ipynb`` (relative to the repository) -> its ``solutions/`` notebook."""
+    """``book/notebooks/<stem>.ipynb`` and its real-data page ``<stem>-real-data.ipynb`` (relative
+    to the repository) -> the ``solutions/`` notebook both are made from."""
     pairs = book_notebooks.notebook_targets(ROOT / "solutions", ROOT / "book" / "notebooks")
-    return {target.relative_to(ROOT).as_posix(): source for source, target in pairs}
+    labs = {}
+    for source, target in pairs:
+        real_data = target.with_name(target.stem + book_notebooks.REAL_DATA_SUFFIX + target.suffix)
+        for page in (target, real_data):
+            labs[page.relative_to(ROOT).as_posix()] = source
+    return labs
 
 
 def glue_problems(page: Path, text: str, labs: dict[str, Path]) -> list[str]:

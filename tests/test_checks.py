@@ -186,6 +186,13 @@ def test_check_uses_none_of_passes_own_work_and_catches_delegation():
         check_uses_none_of(len, forbidden, hint="h")
 
 
+def test_claim_verdict_says_whether_the_claim_held():
+    from course_lib.checks import check_claim, claim_verdict
+
+    assert claim_verdict(check_claim(True, "A beats B", checked=True)) == "holds"
+    assert claim_verdict(check_claim(False, "A beats B", checked=False)) == "does not hold"
+
+
 def test_check_claim_passes_reports_and_fails(capsys):
     from course_lib.checks import check_claim
 

