@@ -350,8 +350,10 @@ def built_book(tmp_path_factory, fashion_mnist) -> Path:
     shutil.copytree(ROOT / "solutions", source / "solutions", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     missing = [page for page in chapter_pages()
                if not page.startswith("book/notebooks/") and not list((source).glob(page + ".*"))]
-    missing += [f"solutions/{Path(page).name}/*.ipynb" for page in chapter_pages()
-                if page.startswith("book/notebooks/") and not list((source / "solutions" / Path(page).name).glob("*.ipynb"))]
+    assignments = {page: Path(page).name.removesuffix(book_notebooks.REAL_DATA_SUFFIX) for page in chapter_pages()
+                   if page.startswith("book/notebooks/")}  # a real-data page is made from its lab's notebook
+    missing += [f"solutions/{name}/*.ipynb" for name in assignments.values()
+                if not list((source / "solutions" / name).glob("*.ipynb"))]
     assert not missing, f"_toc.yml lists chapter pages whose sources do not exist: {missing}"
 
     env = dict(os.environ, COURSE_PROFILE="smoke", COURSE_CACHE_DIR=str(source / "cache"), HF_HUB_OFFLINE="1",
