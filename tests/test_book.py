@@ -175,13 +175,18 @@ def test_real_data_pages_are_written_next_to_each_lab_and_say_what_they_ran(tmp_
     ({}, "standard"), ({"COURSE_PROFILE": "smoke"}, "smoke"), ({"COURSE_PROFILE": "real"}, "full"),
     ({"COURSE_PROFILE": "standard", "COURSE_SIZE": "smoke"}, "smoke"),
 ])
-def test_real_data_pages_run_at_the_size_of_the_books_profile(environ, size):
-    assert book_notebooks.real_data_size(environ) == size
+def test_real_data_pages_run_at_the_size_of_the_books_profile(environ, size, monkeypatch):
+    for name in ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert book_notebooks.real_data_size() == size
 
 
-def test_an_unknown_book_profile_is_an_error():
-    with pytest.raises(ValueError, match="COURSE_PROFILE='fast' is not a profile"):
-        book_notebooks.real_data_size({"COURSE_PROFILE": "fast"})
+def test_an_unknown_book_profile_is_an_error(monkeypatch):
+    monkeypatch.setenv("COURSE_PROFILE", "fast")
+    with pytest.raises(ValueError, match="Unknown course profile 'fast'"):
+        book_notebooks.real_data_size()
 
 
 def test_write_book_notebooks_reports_missing_and_corrupt_input(tmp_path):

@@ -262,17 +262,16 @@ def write_book_notebooks(solutions_dir: Path, out_dir: Path, edition: str = "ful
     return written
 
 
-def real_data_size(environ: dict[str, str]) -> str:
-    """The size the real-data labs run at: ``COURSE_SIZE``, else the size of the book's profile."""
-    from course_lib.config import PROFILES
+def real_data_size() -> str:
+    """The size the real-data labs run at: the book's own size, by the course's rules
+    (``COURSE_SIZE``, else the size of the ``COURSE_PROFILE`` preset; :func:`course_lib.config.choose_size`)."""
+    from course_lib.config import choose_profile, choose_size
 
-    profile = environ.get("COURSE_PROFILE") or "standard"
-    if profile not in PROFILES:
-        raise ValueError(f"COURSE_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
-    return environ.get("COURSE_SIZE") or PROFILES[profile][1]
+    profile, _ = choose_profile()
+    return choose_size(profile)[0]
 
 
-def execute_real_data(paths: list[Path], environ: dict[str, str] | None = None, timeout_s: int = 1800) -> list[str]:
+def execute_real_data(paths: list[Path], timeout_s: int = 1800) -> list[str]:
     """Execute each real-data lab in place, in the lite profile at :func:`real_data_size`; return one line per lab.
 
     A cell that fails stops the build with the notebook's name and the error, like the book's own
@@ -284,9 +283,8 @@ def execute_real_data(paths: list[Path], environ: dict[str, str] | None = None, 
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    environ = dict(os.environ if environ is None else environ)
-    size = real_data_size(environ)
-    kernel_env = dict(environ, COURSE_PROFILE=REAL_DATA_PROFILE, COURSE_SIZE=size)
+    size = real_data_size()
+    kernel_env = dict(os.environ, COURSE_PROFILE=REAL_DATA_PROFILE, COURSE_SIZE=size)
     lines = []
     for path in paths:
         notebook = nbformat.read(path, as_version=4)
