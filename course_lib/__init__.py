@@ -25,6 +25,7 @@ never from one listed after it, and no two modules import each other, even indir
 
 - :mod:`course_lib.real_datasets` torchvision datasets from the data folder, fingerprinted (real world)
 - :mod:`course_lib.data`        a lesson's data in every world: ImageNet preprocessing, balanced subsets, ``lesson_data``
+- :mod:`course_lib.shift_data`  the data of a domain shift: label-shifted subsets, MNIST -> USPS (19.4)
 - :mod:`course_lib.feature_cache` extracted features on disk, keyed by weights, layer, data and transform
 - :mod:`course_lib.features`    batched feature extraction (cached)
 - :mod:`course_lib.callbacks`   hooks into fit: early stopping, tracking, scheduled changes
@@ -47,6 +48,8 @@ never from one listed after it, and no two modules import each other, even indir
 - :mod:`course_lib.forgetting`  what training changed: weight drift, old-task accuracy, the accuracy matrix (19.3, 19.7)
 - :mod:`course_lib.finetuning`  fine-tuning strategies: layer-wise rates, gradual unfreezing, LP-FT (19.3)
 - :mod:`course_lib.experiments` data-efficiency curves, the from-scratch baseline, one budget per run (19.2, 19.3)
+- :mod:`course_lib.domain_shift` seeing a domain shift without labels: MMD, proxy A-distance, BatchNorm mismatch (19.4)
+- :mod:`course_lib.adaptation`  closing a domain gap: gradient reversal, CORAL, DANN, AdaBN, self-training (19.4)
 
 **Commands**
 
@@ -63,8 +66,8 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("core", "validation", "config")),
     ("vocabulary", ("world", "pretrained_weights", "models", "metrics", "history", "figures", "checks")),
-    ("building blocks", ("real_datasets", "data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
+    ("building blocks", ("real_datasets", "data", "shift_data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
     ("the training loop", ("training",)),
-    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments")),
+    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments", "domain_shift", "adaptation")),
     ("commands", ("pretrain", "bench")),
 )

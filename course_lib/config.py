@@ -69,25 +69,29 @@ _WORLD_SETTINGS: dict[str, dict[str, str]] = {
 # faster than at 224 px, so that the real world's smoke run takes seconds per cell on a CPU.
 # The lite world's 28-px Fashion-MNIST and MNIST images are upsampled to 64 px at standard size
 # (EfficientNet-Lite0's five halvings leave a 2x2 map): training runs at about 220 images/s on 2
-# CPU cores there, against 120 at 96 px, and the lite standard size is what fits each chapter in
-# about six minutes: 50 images per class, 2 draws, a 16-epoch from-scratch budget in 19.2 and
-# 4 x 8 batches per fine-tuning run in 19.3 (`make bench` prints what the input size costs).
+# CPU cores there, against 120 at 96 px (`make bench` prints what the input size costs). 19.1 and
+# 19.2 take about half a minute and six minutes with 50 images per class, 2 draws and a 16-epoch
+# from-scratch budget (12 epochs had not plateaued: 70.8% against 77.2% after 24). 19.3 takes
+# about a quarter of an hour, with one draw per cell: full fine-tuning of EfficientNet at a
+# tenth of the rate plateaus only after about 128 SGD steps of 32 images (on MNIST: 60% after
+# 32 steps, 92% after 128, 94% after 256 and 512), about 20 s a run on 2 cores, and a shorter
+# budget would compare under-trained fine-tuning with converged probes.
 _SIZE_FIELDS = (
     "image_size", "train_per_class", "test_per_class", "epochs", "batch_size", "num_seeds",
     "cka_images", "scratch_epochs", "scratch_budget", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
-    "finetune_large_per_class",
+    "finetune_large_per_class", "finetune_draws",
 )
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
-    #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large
-    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16),
-    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600),
-    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000),
-    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16),
-    ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,        8,      600),
-    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000),
-    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16),
-    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,    30,      32,       8,       20,     600),
-    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000),
+    #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large ft_draws
+    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16,       1),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600,       2),
+    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000,       2),
+    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1),
+    ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,       32,      600,       1),
+    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2),
+    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1),
+    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,    30,      32,       8,       20,     600,       2),
+    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2),
 }
 
 
@@ -118,6 +122,8 @@ class CourseConfig:
     - ``finetune_large_per_class``: images per class of 19.3's largest training set, which puts
       10 classes in the size rule's "more than 5,000 images" row from the standard size on (and
       is larger than ``train_per_class`` at every size, so that 19.3 always has three sizes).
+    - ``finetune_draws``: random draws of the training images per far-target cell of 19.3's
+      grid below its largest size (every other cell has one).
     """
 
     profile: str
@@ -143,6 +149,7 @@ class CourseConfig:
     finetune_epochs: int
     finetune_batches_per_epoch: int
     finetune_large_per_class: int
+    finetune_draws: int
 
     @property
     def offline(self) -> bool:

@@ -6,6 +6,7 @@ shape world offline, a torchvision dataset (:mod:`course_lib.real_datasets`) in 
 :func:`imagenet_transform` prepares images for ImageNet backbones (19.2 feature extraction, 19.3
 fine-tuning), :func:`dataset_targets` reads any dataset's labels without loading its images, and
 :func:`sample_per_class` / :func:`subset_per_class` draw balanced few-shot subsets (19.2, 19.3, 19.5).
+The data of a domain shift (19.4) is in :mod:`course_lib.shift_data`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset, TensorDataset
 from course_lib.config import CourseConfig
 from course_lib.pretrained_weights import EFFICIENTNET_LITE0_MEAN, EFFICIENTNET_LITE0_STD
 from course_lib.real_datasets import RealDataset, load_real_dataset
+from course_lib.validation import check_dataset_labels
 
 __all__ = [
     "FAR_DATASETS", "FAR_DOMAIN", "IMAGENET_MEAN", "IMAGENET_STD", "backbone_statistics", "dataset_targets",
@@ -136,17 +138,11 @@ def sample_per_class(labels: torch.Tensor, n_per_class: int, seed: int = 0) -> t
     The same ``seed`` always draws the same examples, so that every method in a comparison sees
     the same labelled images. Raises ValueError if a class has fewer than ``n_per_class``.
     """
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
-        raise TypeError(
-            "labels must be a 1-D int64 tensor of class indices (e.g. the labels from extract_features); "
-            "convert with torch.as_tensor(labels).long()."
-        )
+    check_dataset_labels(labels)
     # numbers.Integral accepts numpy ints; bool is excluded because True is an int to Python, not a count.
     if not isinstance(n_per_class, numbers.Integral) or isinstance(n_per_class, bool) or n_per_class < 1:
         raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}.")
     n_per_class = int(n_per_class)
-    if len(labels) == 0:
-        raise ValueError("labels is empty: pass the class labels of the whole training set.")
     classes, counts = torch.unique(labels, return_counts=True)
     too_small = [(c, n) for c, n in zip(classes.tolist(), counts.tolist()) if n < n_per_class]
     if too_small:
@@ -279,4 +275,3 @@ def near_and_far_targets(cfg: CourseConfig) -> dict[str, LessonData]:
     else:
         far = lesson_data(cfg, domain=FAR_DOMAIN)
     return {"near": lesson_data(cfg), "far": far}
-

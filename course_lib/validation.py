@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = [
     "check_class_labels",
+    "check_dataset_labels",
     "check_feature_matrix",
     "check_module",
     "check_non_negative_int",
@@ -90,6 +91,18 @@ def check_class_labels(labels: Any, features: torch.Tensor, name: str, features_
     if labels.min() < 0:
         raise ValueError(f"{name} must be class indices 0, 1, 2, ..., got {int(labels.min())}.")
     return labels.to(features.device)
+
+
+def check_dataset_labels(labels: Any) -> torch.Tensor:
+    """A dataset's class labels: a non-empty 1-D int64 tensor (what ``data.dataset_targets`` returns)."""
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 1:
+        raise TypeError(
+            "labels must be a 1-D int64 tensor of class indices (e.g. the labels from extract_features); "
+            "convert with torch.as_tensor(labels).long()."
+        )
+    if len(labels) == 0:
+        raise ValueError("labels is empty: pass the class labels of the whole training set.")
+    return labels
 
 
 def check_same_feature_space(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

@@ -204,3 +204,14 @@ def test_unverified_files_are_refused_unless_allowed_loudly(monkeypatch, capsys)
     monkeypatch.setenv("COURSE_UNVERIFIED_FILES", "true")
     with pytest.raises(ValueError, match="must be 1"):
         config.allow_unverified("/some/file.pth", "its hash differs")
+
+
+def test_finetune_draws_are_at_most_the_seeds_and_one_in_smoke():
+    # 19.3 draws the far target's training images this many times per cell; a smoke run once.
+    for world in config.WORLDS:
+        for size in config.SIZES:
+            row = config.size_settings(world, size)
+            assert 1 <= row["finetune_draws"] <= row["num_seeds"], (world, size)
+            if size == "smoke":
+                assert row["finetune_draws"] == 1, world
+    assert config.setup(profile="standard", quiet=True).finetune_draws == 2

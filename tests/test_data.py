@@ -216,7 +216,6 @@ def test_sample_per_class_bad_inputs(labels, n, error, message):
     with pytest.raises(error, match=message):
         sample_per_class(labels, n)
 
-
 # --- lesson_data -------------------------------------------------------------------------------
 
 

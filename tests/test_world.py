@@ -11,8 +11,8 @@ import torch
 
 from course_lib.world import (
     ATTRIBUTE_NAMES, DOMAINS, NAMED_SHAPES, SOURCE_CLASSES, SPLITS, TARGET_CLASSES, WORLD_MEAN, WORLD_STD, Domain,
-    ShapeWorld, class_attributes, describe_class, normalize, novel_classes, render_batch, shape_class, task_sequence,
-    world_generation_speed,
+    ShapeWorld, class_attributes, describe_class, interpolate_domains, normalize, novel_classes, render_batch,
+    shape_class, task_sequence, world_generation_speed,
 )
 from course_lib.world import dataset as dataset_module
 
@@ -167,6 +167,61 @@ def test_custom_domain_object():
         Domain("bad", noise_std=(0.3, 0.1))
     with pytest.raises(ValueError, match="probability"):
         Domain("bad", p_outline=1.5)
+
+
+def _values(domain: Domain) -> dict:
+    """Every field of ``domain`` but its name."""
+    return {key: value for key, value in dataclasses.asdict(domain).items() if key != "name"}
+
+
+@pytest.mark.parametrize("start, end", [("studio", "night"), ("sketch", "texture"), ("phone", "studio")])
+def test_interpolated_domains_start_and_end_at_the_originals(start, end):
+    assert _values(interpolate_domains(start, end, 0)) == _values(DOMAINS[start])
+    assert _values(interpolate_domains(start, end, 1.0)) == _values(DOMAINS[end])
+    assert interpolate_domains(start, end, 0.25).name == f"{start}→{end}"
+    assert interpolate_domains(DOMAINS[start], DOMAINS[end], 0.5, name="halfway").name == "halfway"
+
+
+def test_interpolated_domain_halfway_is_the_mean_of_every_field():
+    studio, night = DOMAINS["studio"], DOMAINS["night"]
+    middle = interpolate_domains("studio", "night", 0.5)
+    assert middle.background_value == pytest.approx(tuple((a + b) / 2 for a, b in zip(studio.background_value,
+                                                                                      night.background_value)))
+    assert middle.noise_std == pytest.approx((0.03, 0.06)) and middle.p_gradient == pytest.approx(0.2)
+    assert middle.tint == pytest.approx((0.85, 0.925, 1.125))
+    # Outline and texture probabilities still sum to at most 1 (sketch: all outlines, texture: all textured).
+    mixed = interpolate_domains("sketch", "texture", 0.5)
+    assert (mixed.p_outline, mixed.p_textured) == pytest.approx((0.5, 0.5))
+
+
+@pytest.mark.parametrize("bad_t", [-0.1, 1.5, float("nan"), "0.5", None, True])
+def test_interpolate_domains_rejects_t_outside_0_to_1(bad_t):
+    with pytest.raises(ValueError, match="t must be a number from 0"):
+        interpolate_domains("studio", "night", bad_t)
+
+
+def test_interpolate_domains_rejects_unknown_domains():
+    with pytest.raises(ValueError, match="Unknown domain 'nite'"):
+        interpolate_domains("studio", "nite", 0.5)
+
+
+def test_interpolated_domains_render_and_darken_step_by_step_towards_night():
+    domains = [interpolate_domains("studio", "night", t) for t in (0, 0.5, 1)]
+    worlds = [small(split="target", domain=domain, image_size=32) for domain in domains]
+    assert len({world.fingerprint for world in worlds}) == 3  # each blend has its own cache entry
+    assert len({world.cache_path() for world in worlds}) == 3 and worlds[1].domain_name == "studio→night"
+    assert all(torch.equal(world.masks, worlds[0].masks) for world in worlds)  # same shapes, other light
+    brightness = [world.images.float().mean() for world in worlds]
+    assert brightness[0] > brightness[1] > brightness[2]
+
+
+def test_one_path_keeps_each_images_draws_so_the_images_change_smoothly():
+    path = lambda t, **name: small(split="target", domain=interpolate_domains("studio", "night", t, **name)).images
+    step = lambda a, b: (a.float() - b.float()).abs().mean()
+    # A small step along the path changes the pixels a little; the same step with new draws, a lot.
+    assert 2 * step(path(0.5), path(0.55)) < step(path(0.5), path(0.55, name="other draws"))
+    # At t=0 under start's own name, the images are start's.
+    assert torch.equal(path(0, name="studio"), small(split="target", domain="studio").images)
 
 
 def test_world_mean_and_std_constants_match_the_data():

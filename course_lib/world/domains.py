@@ -7,6 +7,9 @@ one argument: ``ShapeWorld(domain="night")``. Make your own with ``dataclasses.r
 
     noisy = dataclasses.replace(DOMAINS["studio"], name="studio-noisy", noise_std=0.1)
 
+:func:`interpolate_domains` blends two domains, so that a shift has one severity knob (19.4):
+``interpolate_domains("studio", "night", 0.5)`` is halfway to night.
+
 A single number for a range means "always this value". Sizes in pixels (stroke width, blur) are
 given for 64x64 images and scale with the image size.
 """
@@ -14,6 +17,8 @@ given for 64x64 images and scale with the image size.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from typing import Union
 
 import numpy as np
@@ -147,3 +152,56 @@ def get_domain(domain: str | Domain) -> Domain:
             "(e.g. dataclasses.replace(DOMAINS['studio'], noise_std=0.1))."
         )
     raise TypeError(f"domain must be a domain name (str) or a Domain, got {type(domain).__name__}.")
+
+
+def interpolate_domains(start: str | Domain, end: str | Domain, t: float, name: str | None = None) -> Domain:
+    """The domain a fraction ``t`` (0 to 1) of the way from ``start`` to ``end`` (names or Domain objects).
+
+    Every field moves in a straight line: both ends of each range, each probability and each
+    channel of the tint. ``t=0`` gives ``start``'s values and ``t=1`` ``end``'s. Chapter 19.4 uses it
+    for a shift with one severity knob, e.g. ``[interpolate_domains("studio", "night", t) for t in
+    (0, 0.25, 0.5, 0.75, 1)]``.
+
+    The name defaults to ``"studio→night"`` for every ``t``, on purpose: the renderer keys an
+    image's random draws (its colours, background, noise) on the domain's name, so along one path
+    image ``i`` is the same photograph at every ``t``, only moved towards ``end`` (paired images,
+    a smooth severity curve). ShapeWorld still caches each ``t`` apart: its fingerprint holds every
+    field. A ``name`` of your own gives new draws (``name=start.name`` at ``t=0`` gives ``start``'s
+    very images).
+    """
+    start, end = get_domain(start), get_domain(end)
+    if not isinstance(t, numbers.Real) or isinstance(t, bool) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
+        raise ValueError(
+            f"t must be a number from 0 (all {start.name}) to 1 (all {end.name}), got {t!r}; "
+            "e.g. t=0.5 for halfway."
+        )
+    t = float(t)
+    if name is None:
+        name = f"{start.name}→{end.name}"  # no t in it: the same draws all along the path (see above)
+    values: dict[str, object] = {"name": name}
+    for field in dataclasses.fields(Domain):
+        if field.name == "name":
+            continue
+        a, b = getattr(start, field.name), getattr(end, field.name)
+        if field.name in _RANGE_LIMITS:
+            low_limit, high_limit = _RANGE_LIMITS[field.name]
+            values[field.name] = tuple(_mix(x, y, t, low_limit, high_limit) for x, y in zip(a, b))
+        elif field.name in _PROBABILITIES:
+            # Sums stay valid: (1 - t) * (a1 + a2) + t * (b1 + b2) <= (1 - t) + t = 1 when both
+            # domains have a1 + a2 <= 1 and b1 + b2 <= 1 (e.g. p_outline + p_textured).
+            values[field.name] = _mix(a, b, t, 0.0, 1.0)
+        elif field.name == "tint":
+            values[field.name] = tuple(_mix(x, y, t, 0.0, 2.0) for x, y in zip(a, b))
+        else:  # a new Domain field must say here how it blends, rather than be silently copied from start
+            raise NotImplementedError(f"interpolate_domains does not know how to blend Domain.{field.name}.")
+    return Domain(**values)
+
+
+def _mix(a: float, b: float, t: float, low_limit: float, high_limit: float) -> float:
+    """``(1 - t) * a + t * b``, kept inside ``[low_limit, high_limit]``.
+
+    This form gives exactly ``a`` at t=0 and exactly ``b`` at t=1 (``a + t * (b - a)`` can miss ``b``
+    by a rounding error), and it keeps ``low <= high`` for ranges because it grows with both ``a``
+    and ``b``. The clamp only undoes rounding: a blend of two values inside the limits is inside.
+    """
+    return min(max((1.0 - t) * a + t * b, low_limit), high_limit)
