@@ -80,18 +80,19 @@ _SIZE_FIELDS = (
     "image_size", "train_per_class", "test_per_class", "epochs", "batch_size", "num_seeds",
     "cka_images", "scratch_epochs", "scratch_budget", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
     "finetune_large_per_class", "finetune_draws",
+    "shift_per_class", "shift_test_per_class", "adapt_steps", "oracle_steps", "adapt_seeds", "source_steps",
 )
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
-    #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large ft_draws
-    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16,       1),
-    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600,       2),
-    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000,       2),
-    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1),
-    ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,       32,      600,       1),
-    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2),
-    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1),
-    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,    30,      32,       8,       20,     600,       2),
-    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2),
+    #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large ft_draws shift shift_test adapt oracle a_seeds src_steps
+    ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     0),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600,       2,    40,    25,   150,   300,     3,     0),
+    ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000,       2,   100,    50,   300,   600,     3,     0),
+    ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     8),
+    ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,       32,      600,       1,    40,    25,   150,   300,     2,   300),
+    ("lite", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2,   200,   100,   300,   600,     3,  1000),
+    ("real", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     8),
+    ("real", "standard"):    (112,  100,   50,    5,    64,    3,  128, None,    30,      32,       8,       20,     600,       2,    40,    25,   150,   300,     3,   300),
+    ("real", "full"):        (224,  500,  100,    5,    64,    3,  128, None,    30,      32,      10,       50,    1000,       2,   200,   100,   300,   600,     3,  1000),
 }
 
 
@@ -124,6 +125,14 @@ class CourseConfig:
       is larger than ``train_per_class`` at every size, so that 19.3 always has three sizes).
     - ``finetune_draws``: random draws of the training images per far-target cell of 19.3's
       grid below its largest size (every other cell has one).
+    - ``shift_per_class`` / ``shift_test_per_class``: 19.4's images per class of the labelled
+      source set, of each target domain's unlabelled set to adapt on, and of each held-out target
+      test set (the digits' USPS halves are fixed: only the source and its test set are capped).
+    - ``adapt_steps``: batches of every unsupervised adaptation run of 19.4 (source-only, CORAL,
+      DANN, self-training, augmentation); ``oracle_steps``: of its oracle and few-label runs.
+    - ``adapt_seeds``: seeds of 19.4's headline (the best method and the oracle per domain).
+    - ``source_steps``: batches of training 19.4's source model on the labelled source digits
+      (lite and real worlds; 0 in the offline world, whose source model is the course's own).
     """
 
     profile: str
@@ -150,6 +159,12 @@ class CourseConfig:
     finetune_batches_per_epoch: int
     finetune_large_per_class: int
     finetune_draws: int
+    shift_per_class: int
+    shift_test_per_class: int
+    adapt_steps: int
+    oracle_steps: int
+    adapt_seeds: int
+    source_steps: int
 
     @property
     def offline(self) -> bool:

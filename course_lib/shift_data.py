@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -27,7 +28,8 @@ from course_lib.real_datasets import load_real_dataset
 from course_lib.validation import check_dataset_labels, check_non_negative_int, check_positive_int
 
 __all__ = [
-    "DomainShiftData", "digits_domain_shift", "long_tail_proportions", "stratified_split", "subset_with_proportions",
+    "DomainShiftData", "Normalize", "SeverityShift", "digits_domain_shift", "long_tail_proportions",
+    "stratified_split", "subset_with_proportions",
 ]
 
 
@@ -258,3 +260,73 @@ def _capped_per_class(dataset: Dataset, n_per_class: int | None, name: str, seed
         return dataset
     n_per_class = check_positive_int(n_per_class, name, "Pass None to use every image.")
     return subset_per_class(dataset, n_per_class, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# One severity knob on any images (19.4)
+
+
+class Normalize:
+    """``(images - mean) / std`` per channel, for one image ``(3, H, W)`` or a batch ``(N, 3, H, W)``.
+
+    The batched counterpart of torchvision's ``Normalize``, for images augmented after loading
+    (:class:`course_lib.shift_augment.AugmentedBatches`) or shifted by :class:`SeverityShift`.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        self.mean, self.std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+        # NaN fails every comparison, so "std > 0" alone would let a NaN std through (images of NaNs).
+        if (len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in self.mean + self.std)
+                or min(self.std) <= 0):
+            raise ValueError(f"mean and std need 3 finite numbers each, std > 0; got {mean!r} and {std!r}.")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim not in (3, 4) or images.shape[-3] != 3:
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"Normalize needs images shaped (3, H, W) or (N, 3, H, W), got {got}.")
+        if not images.is_floating_point():  # an integer dtype would round mean and std to whole numbers
+            raise TypeError(f"Normalize needs float images in [0, 1], got {images.dtype}; "
+                            "convert uint8 images with images.float() / 255 first.")
+        mean = torch.tensor(self.mean, dtype=images.dtype, device=images.device)[:, None, None]
+        std = torch.tensor(self.std, dtype=images.dtype, device=images.device)[:, None, None]
+        return (images - mean) / std
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+class SeverityShift(Dataset):
+    """``dataset``'s images moved a fraction ``t`` of the way to a dark, inverted, noisy look (19.4).
+
+    The real-data counterpart of ``interpolate_domains("studio", "night", t)``: the same three
+    changes as the world's night (light and dark swapped, everything dimmer, sensor noise), on any images. ``dataset`` yields ``(image, label)`` with
+    float images in [0, 1] shaped ``(3, H, W)``; each comes back as
+    ``normalize((1 - t) x + t night(x))`` with ``night(x) = 0.15 + 0.35 (1 - x) + noise``, the noise
+    (standard deviation 0.08) drawn from ``seed`` and the image's index, so that image ``i`` is the
+    same photograph at every ``t`` and the severity curve is smooth.
+    """
+
+    NOISE = 0.08
+
+    def __init__(self, dataset: Dataset, t: float, normalize: Callable[[torch.Tensor], torch.Tensor], seed: int = 0):
+        if not isinstance(t, numbers.Real) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
+            raise ValueError(f"t must be a number from 0 (the images as they are) to 1 (fully shifted), got {t!r}.")
+        if not callable(normalize):
+            raise TypeError(f"normalize must be a function images -> images, got {type(normalize).__name__}.")
+        self.dataset, self.t, self.normalize = dataset, float(t), normalize
+        self.seed = check_non_negative_int(seed, "seed")
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        # The noise is keyed on the index: a negative one (-1) must key the same image (len - 1) the same way.
+        index = range(len(self))[operator.index(index)]
+        image, label = self.dataset[index]
+        if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.min() < -0.01 or image.max() > 1.01:
+            raise ValueError("SeverityShift needs float images in [0, 1] shaped (3, H, W): build the dataset with an "
+                             "un-normalised transform (imagenet_transform(..., mean=(0, 0, 0), std=(1, 1, 1))).")
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(index))
+        noise = torch.randn(image.shape, generator=generator) * self.NOISE
+        night = (0.15 + 0.35 * (1.0 - image) + noise).clamp(0.0, 1.0)
+        return self.normalize((1.0 - self.t) * image + self.t * night), label

@@ -14,6 +14,8 @@ from course_lib.config import CourseConfig
 from course_lib.data import backbone_statistics, dataset_targets
 from course_lib.shift_data import (
     DomainShiftData,
+    Normalize,
+    SeverityShift,
     digits_domain_shift,
     long_tail_proportions,
     stratified_split,
@@ -203,3 +205,157 @@ def test_digits_domain_shift_without_files_says_where_they_go(tmp_path, shared_d
     (tmp_path / "MNIST").symlink_to(shared_data / "MNIST")  # MNIST there, USPS not: the error names USPS's file
     with pytest.raises(FileNotFoundError, match=r"usps\.t\.bz2"):
         digits_domain_shift(_config("real", data_dir=tmp_path))
+
+
+# --- Normalize: the batched standardisation of [0, 1] images -------------------------------------
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def test_normalize_matches_torchvision_on_one_image_and_per_image_of_a_batch():
+    from torchvision.transforms import Normalize as TorchvisionNormalize
+
+    ours, theirs = Normalize(MEAN, STD), TorchvisionNormalize(MEAN, STD)
+    batch = torch.rand(5, 3, 7, 9, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ours(batch[0]), theirs(batch[0]), atol=1e-6) and ours(batch[0]).shape == (3, 7, 9)
+    normalised = ours(batch)
+    assert normalised.shape == batch.shape
+    for image, expected in zip(batch, normalised):
+        assert torch.allclose(expected, theirs(image), atol=1e-6)
+    # Per channel: channel 1 of a grey image is (0.5 - 0.456) / 0.224.
+    grey = ours(torch.full((3, 2, 2), 0.5))
+    assert torch.allclose(grey[1], torch.full((2, 2), (0.5 - 0.456) / 0.224))
+    assert ours(batch.double()).dtype == torch.float64 and not torch.equal(ours(batch), batch)
+    assert repr(ours) == f"Normalize(mean={MEAN}, std={STD})"
+    assert (ours.mean, ours.std) == (MEAN, STD)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.rand(7, 9), torch.rand(1, 7, 9), torch.rand(4, 7, 9), torch.rand(2, 1, 7, 9), torch.rand(1, 2, 3, 7, 9),
+     torch.rand(3, 7, 9).numpy(), [[0.5]]],
+    ids=["2-d", "1-channel", "4-channel", "batch-of-1-channel", "5-d", "numpy", "list"],
+)
+def test_normalize_rejects_other_shapes(images):
+    with pytest.raises(ValueError, match=r"Normalize needs images shaped \(3, H, W\) or \(N, 3, H, W\), got"):
+        Normalize(MEAN, STD)(images)
+
+
+def test_normalize_rejects_integer_images():
+    # An integer dtype would round 0.485 and 0.229 to 0: a division by zero, not standardised images.
+    with pytest.raises(TypeError, match=r"float images.*uint8.*images\.float\(\) / 255"):
+        Normalize(MEAN, STD)(torch.full((3, 2, 2), 200, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize(
+    "mean, std",
+    [((0.5, 0.5), STD), (MEAN, (0.2, 0.2, 0.2, 0.2)), (MEAN, (0.2, 0.0, 0.2)), (MEAN, (0.2, -0.1, 0.2)),
+     (MEAN, (0.2, float("nan"), 0.2)), (MEAN, (float("inf"),) * 3), ((float("nan"), 0.5, 0.5), STD)],
+    ids=["2-means", "4-stds", "zero-std", "negative-std", "nan-std", "inf-std", "nan-mean"],
+)
+def test_normalize_rejects_bad_statistics(mean, std):
+    with pytest.raises(ValueError, match="mean and std need 3 finite numbers each, std > 0"):
+        Normalize(mean, std)
+
+
+# --- SeverityShift: one severity knob on any [0, 1] images ---------------------------------------
+
+
+class _Images(torch.utils.data.Dataset):
+    """``(image, label)`` items of a tensor of images, labels as given (ints, strings...)."""
+
+    def __init__(self, images: torch.Tensor, labels):
+        self.images, self.labels = images, list(labels)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+UNIT_IMAGES = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+SHIFT_NORMALIZE = Normalize((0.5, 0.4, 0.3), (0.25, 0.2, 0.3))
+
+
+def _shift(t: float, seed: int = 0, images: torch.Tensor = UNIT_IMAGES, normalize=SHIFT_NORMALIZE) -> SeverityShift:
+    return SeverityShift(_Images(images, range(len(images))), t, normalize, seed=seed)
+
+
+def test_severity_zero_is_the_normalised_image_exactly():
+    shifted = _shift(0.0)
+    assert len(shifted) == len(UNIT_IMAGES)
+    for i, image in enumerate(UNIT_IMAGES):
+        assert torch.equal(shifted[i][0], SHIFT_NORMALIZE(image))
+    assert torch.equal(_shift(0)[2][0], SHIFT_NORMALIZE(UNIT_IMAGES[2]))  # an int t is fine
+
+
+def test_severity_one_is_the_night_look_inverted_dimmed_and_noisy():
+    identity = _shift(1.0, normalize=lambda x: x)
+    night = torch.stack([identity[i][0] for i in range(len(identity))])
+    assert night.min() >= 0 and night.max() <= 1
+    expected = 0.15 + 0.35 * (1 - UNIT_IMAGES)  # before the noise: light and dark swapped, dimmer
+    inside = (night > 0) & (night < 1)  # where the clamp did not act
+    assert inside.float().mean() > 0.95
+    noise = (night - expected)[inside]
+    assert abs(float(noise.mean())) < 0.01 and 0.07 < float(noise.std()) < 0.09  # NOISE = 0.08
+    # Bright pixels (x = 1) sit at 0.15 + noise: some fall below 0 and are clamped to exactly 0.
+    white = _shift(1.0, images=torch.ones(4, 3, 16, 16), normalize=lambda x: x)
+    white_night = torch.stack([white[i][0] for i in range(len(white))])
+    assert (white_night == 0).any() and white_night.min() == 0
+    assert abs(float(white_night.mean()) - 0.15) < 0.02
+    # The normalisation is applied last, to the shifted image.
+    assert torch.allclose(_shift(1.0)[3][0], SHIFT_NORMALIZE(night[3]), atol=1e-6)
+
+
+def test_severity_moves_in_a_straight_line_with_the_same_noise_at_every_t():
+    identity = {t: _shift(t, normalize=lambda x: x) for t in (0.0, 0.25, 1.0)}
+    for i in range(len(UNIT_IMAGES)):
+        x, night = identity[0.0][i][0], identity[1.0][i][0]
+        assert torch.allclose(identity[0.25][i][0], 0.75 * x + 0.25 * night, atol=1e-6)
+
+
+def test_severity_shift_is_deterministic_per_index_and_seed():
+    shifted = _shift(1.0, seed=0)
+    assert torch.equal(shifted[1][0], shifted[1][0])
+    assert torch.equal(shifted[1][0], _shift(1.0, seed=0)[1][0])  # a new dataset, the same images
+    assert not torch.equal(shifted[1][0], _shift(1.0, seed=1)[1][0])  # another seed, other noise
+    assert torch.equal(shifted[-1][0], shifted[len(shifted) - 1][0])  # a negative index is the same image
+    # The same image at two indices gets two draws of the noise.
+    twins = _shift(1.0, images=UNIT_IMAGES[:1].repeat(2, 1, 1, 1))
+    assert not torch.equal(twins[0][0], twins[1][0])
+    with pytest.raises(IndexError):
+        shifted[len(shifted)]
+
+
+def test_severity_shift_passes_labels_through():
+    images = UNIT_IMAGES[:3]
+    shifted = SeverityShift(_Images(images, [7, 2, 9]), 0.5, SHIFT_NORMALIZE, seed=3)
+    assert [shifted[i][1] for i in range(3)] == [7, 2, 9] and isinstance(shifted[0][1], int)
+    assert SeverityShift(_Images(images, ["a", "b", "c"]), 1.0, SHIFT_NORMALIZE)[1][1] == "b"
+    assert (shifted.t, shifted.seed) == (0.5, 3)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [SHIFT_NORMALIZE(UNIT_IMAGES), UNIT_IMAGES * 255, UNIT_IMAGES[:, :, :, 0]],
+    ids=["normalised", "0-to-255", "2-d-images"],
+)
+def test_severity_shift_needs_unit_images_and_says_how_to_get_them(images):
+    shifted = _shift(0.5, images=images)
+    with pytest.raises(ValueError, match=r"images in \[0, 1\].*imagenet_transform\(\.\.\., mean=\(0, 0, 0\), std=\(1, 1, 1\)\)"):
+        shifted[0]
+
+
+@pytest.mark.parametrize("t", [-0.1, 1.5, float("nan"), float("inf"), True, "0.5", None])
+def test_severity_shift_needs_t_from_0_to_1(t):
+    with pytest.raises(ValueError, match=r"t must be a number from 0 \(the images as they are\) to 1"):
+        _shift(t)
+
+
+def test_severity_shift_checks_normalize_and_seed():
+    with pytest.raises(TypeError, match="normalize must be a function"):
+        _shift(0.5, normalize=(0.5, 0.5, 0.5))
+    for seed in (-1, 1.5, "0"):
+        with pytest.raises(ValueError, match="seed must be a non-negative int"):
+            _shift(0.5, seed=seed)
