@@ -85,7 +85,7 @@ _SIZE_FIELDS = (
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
     #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large ft_draws shift shift_test adapt oracle a_seeds src_steps
     ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     0),
-    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600,       2,    40,    25,   150,   300,     3,     0),
+    ("offline", "standard"): (64,   100,   50,    5,   128,    3,  256, None,    30,      32,       8,       20,     600,       2,    40,    25,   150,   400,     2,     0),
     ("offline", "full"):     (64,   500,  100,    5,   128,    3,  256, None,    30,      32,      10,       50,    1000,       2,   100,    50,   300,   600,     3,     0),
     ("lite", "smoke"):       (32,     8,    8,    1,    64,    1,  128,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     8),
     ("lite", "standard"):    (64,    50,   50,    5,    64,    2,  128, None,    16,      32,       4,       32,      600,       1,    40,    25,   150,   300,     2,   300),

@@ -140,6 +140,9 @@ def test_adapt_copy_trains_a_copy_in_eval_mode_and_leaves_the_model_alone(method
     assert same(model, before) and model.training  # not even its mode changed
     assert not same(adapted, before)
     assert not torch.equal(adapted[-1].weight, before["5.weight"])  # the head trained too
+    # The copy trains channels-last (faster convolutions on a CPU); the model keeps its layout.
+    assert adapted[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model[0].weight.is_contiguous() and not model[0].weight.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize("method", UNSUPERVISED_METHODS)

@@ -193,6 +193,9 @@ def test_patched_checks_do_not_reach_the_verdict(chapter):
 LIBRARY_VERSIONS = {
     ("19_1_representations", "ex3_linear_cka"): ("course_lib.metrics", "linear_cka", "x, y"),
     ("19_3_fine_tuning", "ex1_layerwise_lr"): ("course_lib.finetuning", "layerwise_lr_groups", "model, head_lr, factor"),
+    ("19_4_domain_adaptation", "ex2_coral"): ("course_lib.adaptation", "coral_loss", "source, target"),
+    # The library's adabn is decorated (@torch.no_grad()): forbidding it must reach the function it wraps.
+    ("19_4_domain_adaptation", "ex3_adabn"): ("course_lib.adaptation", "adabn", "model, [images]"),
 }
 
 

@@ -83,6 +83,7 @@ def test_world_problem_has_the_four_target_domains_of_the_24_source_classes(worl
         assert _labels(target.adapt) == _labels(target.test)  # both 4 of each class, in class order
         assert sorted(set(_labels(target.adapt))) == list(range(24))
         assert not torch.equal(target.adapt[0][0], target.test[0][0])  # other images (other seeds)
+    assert world.published == {} and world.published_source == ""  # the course's own world: nothing to compare
 
 
 def test_world_problem_sizes_follow_the_config(world_cfg):
@@ -205,6 +206,9 @@ def test_digits_problem_is_mnist_to_usps_with_a_10_digit_model(digits, digits_cf
     assert logits.shape == (3, 10)
     assert (digits.mean, digits.std) == backbone_statistics("efficientnet-lite0")
     assert "MNIST -> USPS" in digits.description
+    # The published figures make bench print MNIST -> USPS next to the benchmark's own numbers.
+    assert digits.published == {"source-only": 0.82, "DANN": 0.92}
+    assert "Transfer-Learning-Library" in digits.published_source
 
 
 @pytest.mark.realdata

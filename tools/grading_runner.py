@@ -15,6 +15,7 @@ progress pipe; length-prefixed frames on each child's call pipes.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import os
@@ -65,6 +66,35 @@ def _unavailable(*args, **kwargs):
     raise RuntimeError("this library function is not available to this exercise: write the code yourself")
 
 
+def _make_unavailable(function) -> None:
+    """Make ``function``, under every name bound to it, raise instead of running.
+
+    Its code is swapped for ``_unavailable``'s. A decorated function (``@torch.no_grad()``) is a
+    wrapper whose code reads free variables, so the swap happens on the function it wraps, and
+    a code object only fits a function with the same free variables: when the wrapped function
+    has some (a closure), the stand-in is compiled as a closure over the same names.
+    """
+    function = inspect.unwrap(function)
+    if not hasattr(function, "__code__"):
+        return
+    names = function.__code__.co_freevars
+    stand_in = _unavailable
+    if names:
+        source = ("def outer():\n" + "".join(f"    {name} = None\n" for name in names)
+                  + "    def stand_in(*args, **kwargs):\n"
+                  + f"        {', '.join(names)}\n"
+                  + "        raise RuntimeError('this library function is not available to this exercise: "
+                  "write the code yourself')\n"
+                  + "    return stand_in\n")
+        scope: dict = {}
+        exec(source, scope)
+        stand_in = scope["outer"]()
+    if stand_in.__code__.co_freevars == names:
+        function.__code__ = stand_in.__code__
+    else:
+        raise RuntimeError(f"cannot make {function.__qualname__} unavailable (free variables {names})")
+
+
 class _Unpickler(pickle.Unpickler):
     """Reads the grader's arguments; a stand-in for one of the student's modules or functions becomes the real one."""
 
@@ -102,8 +132,8 @@ def serve_calls(test: dict, namespace: dict) -> None:
             target = sys.modules.get(module_name)
             for part in qualname.split("."):
                 target = getattr(target, part, None)
-            if hasattr(target, "__code__"):
-                target.__code__ = _unavailable.__code__
+            if callable(target):
+                _make_unavailable(target)
         torch.set_rng_state(request["rng"])
         args, kwargs = request["args"], request["kwargs"]
         arguments = [*args, *kwargs.values()]

@@ -10,8 +10,8 @@ is only
   of the arguments as a reference to it; any other module as a handle (calling it calls the
   student's module in the sandbox); a ``History`` as its records;
 - what the call did to its arguments: for a module, its layers (from an allow-list of layer
-  types), weights, buffers, ``requires_grad`` flags, train/eval modes and hook counts; for a
-  tensor, list or dict, its new contents;
+  types), weights, buffers, ``requires_grad`` flags, train/eval modes, hook counts and
+  BatchNorm momenta; for a tensor, list or dict, its new contents;
 - the random number generator's state afterwards, so that the tests see the random stream they
   would see if the function had run in their own process.
 
@@ -124,6 +124,9 @@ def module_state(module: nn.Module) -> dict:
         "training": [[path, bool(layer.training)] for path, layer in module.named_modules()],
         "hooks": [[path, len(layer._forward_hooks) + len(layer._forward_pre_hooks)]
                   for path, layer in module.named_modules()],
+        # A BatchNorm's momentum is a setting, not a buffer: 19.4's AdaBN exercise must restore it.
+        "momentum": [[path, layer.momentum] for path, layer in module.named_modules()
+                     if isinstance(layer, nn.modules.batchnorm._BatchNorm)],
     }
 
 
@@ -218,6 +221,10 @@ def apply_module_state(module: nn.Module, state: dict) -> None:
     layers = dict(module.named_modules())
     for path, flag in state["training"]:
         layers[path].training = flag
+    for path, momentum in state.get("momentum", []):
+        if momentum is not None and not isinstance(momentum, (int, float)):
+            raise NotPlainData(f"the BatchNorm at {path!r} was given a momentum of type {type(momentum).__name__}")
+        layers[path].momentum = momentum
     for path, count in state["hooks"]:
         layer = layers[path]
         # The student's hooks cannot come back; stand-ins that do nothing keep the count the tests check.
