@@ -27,6 +27,7 @@ never from one listed after it, and no two modules import each other, even indir
 - :mod:`course_lib.data`        a lesson's data in every world: ImageNet preprocessing, balanced subsets, ``lesson_data``
 - :mod:`course_lib.shift_data`  the data of a domain shift: label-shifted subsets, MNIST -> USPS (19.4)
 - :mod:`course_lib.shift_augment` augmentation toward the target: lighting, camera, background, style (19.4)
+- :mod:`course_lib.continual_data` task sequences as tensors: Split MNIST, the world's sequences, fast batches (19.7)
 - :mod:`course_lib.feature_cache` extracted features on disk, keyed by weights, layer, data and transform
 - :mod:`course_lib.features`    batched feature extraction (cached)
 - :mod:`course_lib.callbacks`   hooks into fit: early stopping, tracking, scheduled changes
@@ -53,6 +54,8 @@ never from one listed after it, and no two modules import each other, even indir
 - :mod:`course_lib.adaptation`  closing a domain gap: gradient reversal, CORAL, DANN, AdaBN, self-training (19.4)
 - :mod:`course_lib.adaptation_runs` one budget for every way of closing a domain gap: source-only, CORAL, DANN, self-training, the oracle (19.4)
 - :mod:`course_lib.shift_problems` 19.4's problem in every world: the source model, the source data, the targets
+- :mod:`course_lib.continual`   continual learning: the scenarios, EWC, LwF, replay, nearest class means (19.7)
+- :mod:`course_lib.continual_runs` task after task with fit: the accuracy matrix, methods over seeds, Split MNIST (19.7)
 
 **Commands**
 
@@ -69,8 +72,8 @@ __version__ = "0.1.0"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundations", ("core", "validation", "config")),
     ("vocabulary", ("world", "pretrained_weights", "models", "metrics", "history", "figures", "checks")),
-    ("building blocks", ("real_datasets", "data", "shift_data", "shift_augment", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
+    ("building blocks", ("real_datasets", "data", "shift_data", "shift_augment", "continual_data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
     ("the training loop", ("training",)),
-    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments", "domain_shift", "adaptation", "adaptation_runs", "shift_problems")),
+    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments", "domain_shift", "adaptation", "adaptation_runs", "shift_problems", "continual", "continual_runs")),
     ("commands", ("pretrain", "bench")),
 )

@@ -78,6 +78,9 @@ def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypa
     assert re.search(r"lite world, input size \(Fashion-MNIST, 5 train / 5 test images per class[^\n]*\n"
                      r"   32 px  accuracy +\d+\.\d\d%  extraction +[\d,]+ images/s\n"
                      r"   48 px  accuracy +\d+\.\d\d%", out)
+    # Split MNIST's comparison where MNIST is found (COURSE_DATA_DIR), else the reason it was skipped.
+    assert re.search(r"Split MNIST, class-incremental, 20 iterations a task[^\n]*\n"
+                     r"(  skipped: [^\n]*MNIST[^\n]*\n|method +accuracy[^\n]*\nnaive +\d+\.\d%)", out), out
     assert "chapter notebooks, executed in the smoke profile(s)" in out
     for path in bench.chapter_notebooks():
         name = re.escape(f"{path.parent.name}/{path.name}")
