@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,38 @@ def test_a_class_is_left_alone():
 
     grading_runner._make_unavailable(Layer)
     assert isinstance(Layer(), Layer)
+
+
+def test_the_line_reader_keeps_what_it_read_past_a_line():
+    # Two kill requests sent while the runner was busy arrive in one read.
+    read_end, write_end = os.pipe()
+    reader = grading_runner.LineReader(read_end)
+    assert not reader.ready()
+    os.write(write_end, b'{"kill": "a"}\n{"kill": "b"}\n{"ki')
+    assert reader.ready()
+    assert reader.receive() == {"kill": "a"}
+    assert reader.ready()  # the second line is already in the buffer
+    assert reader.receive() == {"kill": "b"}
+    os.write(write_end, b'll": "c"}\n')
+    assert reader.receive() == {"kill": "c"}
+    os.close(write_end)
+    assert reader.ready() and reader.receive() is None
+    os.close(read_end)
+
+
+def test_kill_requests_are_handled_without_waiting_between_cells():
+    read_end, write_end = os.pipe()
+    reader = grading_runner.LineReader(read_end)
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    children = {"ex1_tests": child, "ex2_tests": 2**22 + 1}
+    assert grading_runner.handle_kill_requests(reader, children, wait=False)  # nothing sent: returns at once
+    os.write(write_end, b'{"kill": "ex1_tests"}\n{"kill": "not_a_test"}\n')
+    assert grading_runner.handle_kill_requests(reader, children, wait=False)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    os.close(write_end)
+    assert not grading_runner.handle_kill_requests(reader, children, wait=False)  # the grader closed the pipe
+    os.close(read_end)

@@ -108,3 +108,30 @@ def test_a_library_under_tmp_is_still_seen(tmp_path):
     result = subprocess.run(box.command([sys.executable, "-c", f"print(open({str(library / 'marker.py')!r}).read())"]),
                             capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "VALUE = 42", result.stderr
+
+
+def _plan_with_a_slow_notebook_cell(seconds: float) -> dict:
+    """A notebook whose own cell (the instructor's) sleeps before the one exercise and its test."""
+    return {"cells": [{"index": 0, "role": "notebook", "source": f"import time\ntime.sleep({seconds})\n"},
+                      {"index": 1, "role": "student", "source": "def add_one(x):\n    return x + 1\n", "solution": True},
+                      {"index": 2, "role": "test"}],
+            "tests": [{"grade_id": "add_one_tests", "cell": 2, "visible": "assert add_one(1) == 2\n",
+                       "hidden": "assert add_one(-5) == -4\n", "points": 1.0}],
+            "student_names": ["add_one"]}
+
+
+def test_the_notebooks_own_slow_cells_do_not_count_against_a_test():
+    # On a busy machine a smoke-size cell can take longer than a test's limit; the test must not pay.
+    plan = _plan_with_a_slow_notebook_cell(4)
+    limits = sandboxed_grading.Limits(seconds=2, notebook_seconds=60)
+    verdicts, notes = sandboxed_grading.grade_notebook(plan, sandboxed=False, limits=limits)
+    assert verdicts["add_one_tests"].status == "passed", (verdicts, notes)
+
+
+def test_a_notebook_that_never_reaches_a_test_says_so():
+    plan = _plan_with_a_slow_notebook_cell(30)
+    limits = sandboxed_grading.Limits(seconds=60, notebook_seconds=2)
+    verdicts, _ = sandboxed_grading.grade_notebook(plan, sandboxed=False, limits=limits)
+    verdict = verdicts["add_one_tests"]
+    assert verdict.status == "crashed"
+    assert "notebook's own cells took more than 2 s" in verdict.message

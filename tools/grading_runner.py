@@ -21,6 +21,7 @@ import json
 import os
 import pickle
 import resource
+import select
 import signal
 import struct
 import sys
@@ -33,15 +34,29 @@ def send(fd: int, message: dict) -> None:
     os.write(fd, (json.dumps(message) + "\n").encode())
 
 
-def receive(fd: int) -> dict | None:
-    """One JSON line from ``fd``, or None at end of file."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return None
-        data += chunk
-    return json.loads(data)
+class LineReader:
+    """JSON lines from one pipe, one at a time.
+
+    One read may bring several lines (two kill requests sent while this process was busy) or part
+    of one (a large plan), so what is read past the end of a line waits in a buffer for the next call.
+    """
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer = fd, b""
+
+    def receive(self) -> dict | None:
+        """The next line, waiting for it; None at end of file."""
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return json.loads(line)
+
+    def ready(self) -> bool:
+        """Whether :meth:`receive` has something to return (or end of file) without waiting for the sender."""
+        return b"\n" in self.buffer or bool(select.select([self.fd], [], [], 0)[0])
 
 
 def run_cell(source: str, label: str, namespace: dict) -> BaseException | None:
@@ -194,12 +209,22 @@ def fork_test_child(test: dict, fd_keys: tuple[str, ...], all_fds: set[int], run
     return pid
 
 
-def serve_kill_requests(control_in: int, children: dict[str, int]) -> None:
-    """Until the grader closes the control pipe, kill the test children it names; then kill them all."""
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel from now on
-    while (request := receive(control_in)) is not None:
+def handle_kill_requests(control: LineReader, children: dict[str, int], *, wait: bool) -> bool:
+    """Kill the test children the grader names: all it sends until it closes the pipe (``wait``),
+    or only the requests already here. Returns False once the grader has closed the pipe."""
+    while wait or control.ready():
+        request = control.receive()
+        if request is None:
+            return False
         if "kill" in request and request["kill"] in children:
             _kill(children[request["kill"]])
+    return True
+
+
+def serve_kill_requests(control: LineReader, children: dict[str, int]) -> None:
+    """Until the grader closes the control pipe, kill the test children it names; then kill them all."""
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel from now on
+    handle_kill_requests(control, children, wait=True)
     for pid in children.values():
         _kill(pid)
 
@@ -213,7 +238,8 @@ def _kill(pid: int) -> None:
 
 def main(argv: list[str]) -> int:
     control_in, control_out = int(argv[1]), int(argv[2])
-    plan = receive(control_in)
+    control = LineReader(control_in)
+    plan = control.receive()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # what cells print goes nowhere: feedback is built from the grader's verdicts
     os.dup2(devnull, 2)
@@ -238,8 +264,12 @@ def main(argv: list[str]) -> int:
                 test, fd_keys, own_fds | {control_in, control_out},
                 lambda: run_serving_child(test, list(student_cells), namespace, plan["limits"]))
             send(control_out, {"event": "started", "grade_id": test["grade_id"]})
+        # A child that ran out of time is killed now, not after the last cell: a looping child
+        # would take a core from the notebook's cells that later tests wait for.
+        if not handle_kill_requests(control, children, wait=False):
+            break
     send(control_out, {"event": "all_started"})
-    serve_kill_requests(control_in, children)
+    serve_kill_requests(control, children)
     return 0
 
 

@@ -44,9 +44,16 @@ HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What one test cell's run may use: wall-clock and CPU seconds, address space; the sandbox's processes."""
+    """What one test cell's run may use: wall-clock and CPU seconds, address space; the sandbox's processes.
+
+    ``seconds`` runs from the moment both processes have reached the test cell: the student's cells
+    and the tests count, the notebook's own cells before the test do not. Those are the
+    instructor's code, and get ``notebook_seconds`` to reach each test cell, so that a busy
+    machine (a class graded two at a time on two cores) cannot turn a slow cell into a student's zero.
+    """
 
     seconds: float = 120.0
+    notebook_seconds: float = 900.0
     cpu_seconds: int = 240
     memory_bytes: int = 6 * 2**30
     max_processes: int = 256
@@ -416,15 +423,30 @@ def _drive(plan, verdicts, ends, controls, limits: Limits, notes: list[str]) -> 
     order = [test["grade_id"] for test in plan["tests"]]
     tests = {test["grade_id"]: test for test in plan["tests"]}
     visible_passed = set()
+    def wait_until_started(grade_id: str) -> str | None:
+        """Wait for both processes to reach this test cell; None, or why they did not."""
+        deadline = time.monotonic() + limits.notebook_seconds
+        while True:
+            waiting = [side for side in controls if grade_id not in started[side] and not finished[side]]
+            timeout = deadline - time.monotonic()
+            if not waiting or timeout <= 0:
+                break
+            ready, _, _ = select.select([controls[side][1].fd for side in waiting], [], [], timeout)
+            for side in waiting:
+                if controls[side][1].fd in ready:
+                    read_control(side)
+        if grade_id not in started["grader"] or grade_id not in started["student"]:
+            if any(grade_id not in started[side] and not finished[side] for side in controls):
+                return (f"the notebook's own cells took more than {limits.notebook_seconds:.0f} s "
+                        "to reach these tests")
+            return "the notebook stopped before these tests could run"
+        return None
+
     for grade_id in order:
         verdict = verdicts[grade_id]
-        while grade_id not in started["grader"] and not finished["grader"]:
-            ready, _, _ = select.select([controls["grader"][1].fd], [], [], limits.seconds)
-            if not ready:
-                break
-            read_control("grader")
-        if grade_id not in started["grader"]:
-            verdict.status, verdict.message = "crashed", "the notebook stopped before these tests could run"
+        why = wait_until_started(grade_id)
+        if why is not None:
+            verdict.status, verdict.message = "crashed", why
             continue
         _send(ends[grade_id]["go"], {"go": True})
         report = wait_for(grade_id, "visible")

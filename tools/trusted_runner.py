@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 import plain_data
-from grading_runner import (describe, fork_test_child, read_exactly as read_or_none, receive, run_cell, send,
-                            serve_kill_requests)
+from grading_runner import (LineReader, describe, fork_test_child, handle_kill_requests, read_exactly as read_or_none,
+                            run_cell, send, serve_kill_requests)
 
 FRAME_LIMIT = 2**30  # bytes one reply from the student's process may have
 FD_KEYS = ("to_student", "from_student", "report_fd", "go_fd")  # one test cell's pipes
@@ -148,15 +148,15 @@ def run_test_child(test: dict, grader_cells: list[dict], namespace: dict) -> Non
     """In the forked child: the grader's cells that use the student's functions, the visible tests, the hidden ones."""
     global CHANNEL
     CHANNEL = _Channel(test["to_student"], test["from_student"])
-    report, go = test["report_fd"], test["go_fd"]
-    if receive(go) is None:
+    report, go = test["report_fd"], LineReader(test["go_fd"])
+    if go.receive() is None:
         return
     for cell in grader_cells:
         run_cell(cell["source"], f"<cell {cell['index']}>", namespace)
     error = run_cell(test["visible"], f"<tests {test['grade_id']}>", namespace)
     send(report, {"event": "visible", "passed": error is None, "message": "" if error is None else describe(error),
                   "student_ended": isinstance(error, StudentProcessEnded)})
-    hidden = receive(go)
+    hidden = go.receive()
     if hidden and hidden.get("hidden") and test["hidden"]:
         error = run_cell(test["hidden"], f"<hidden tests {test['grade_id']}>", namespace)
         send(report, {"event": "hidden", "passed": error is None, "student_ended": isinstance(error, StudentProcessEnded)})
@@ -164,7 +164,8 @@ def run_test_child(test: dict, grader_cells: list[dict], namespace: dict) -> Non
 
 def main(argv: list[str]) -> int:
     control_in, control_out = int(argv[1]), int(argv[2])
-    plan = receive(control_in)
+    control = LineReader(control_in)
+    plan = control.receive()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -191,8 +192,10 @@ def main(argv: list[str]) -> int:
                 test, FD_KEYS, own_fds | {control_in, control_out},
                 lambda: run_test_child(test, list(grader_cells), namespace))
             send(control_out, {"event": "started", "grade_id": test["grade_id"]})
+        if not handle_kill_requests(control, children, wait=False):
+            break
     send(control_out, {"event": "all_started"})
-    serve_kill_requests(control_in, children)
+    serve_kill_requests(control, children)
     return 0
 
 
