@@ -56,6 +56,7 @@ never from one listed after it, and no two modules import each other, even indir
 - :mod:`course_lib.shift_problems` 19.4's problem in every world: the source model, the source data, the targets
 - :mod:`course_lib.continual`   continual learning: the scenarios, EWC, LwF, replay, nearest class means (19.7)
 - :mod:`course_lib.continual_runs` task after task with fit: the accuracy matrix, methods over seeds, Split MNIST (19.7)
+- :mod:`course_lib.continual_problems` 19.7's problem in every world: the task sequences, the MLP, the frozen backbone
 
 **Commands**
 
@@ -74,6 +75,6 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("vocabulary", ("world", "pretrained_weights", "models", "metrics", "history", "figures", "checks")),
     ("building blocks", ("real_datasets", "data", "shift_data", "shift_augment", "continual_data", "feature_cache", "features", "callbacks", "checkpoints", "steps", "plots", "image_grids", "model_checks")),
     ("the training loop", ("training",)),
-    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments", "domain_shift", "adaptation", "adaptation_runs", "shift_problems", "continual", "continual_runs")),
+    ("chapter tools", ("activations", "probes", "freezing", "heads", "forgetting", "finetuning", "experiments", "domain_shift", "adaptation", "adaptation_runs", "shift_problems", "continual", "continual_runs", "continual_problems")),
     ("commands", ("pretrain", "bench")),
 )

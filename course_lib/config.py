@@ -86,7 +86,23 @@ _SIZE_FIELDS = (
     "cka_images", "scratch_epochs", "scratch_budget", "finetune_batch_size", "finetune_epochs", "finetune_batches_per_epoch",
     "finetune_large_per_class", "finetune_draws",
     "shift_per_class", "shift_test_per_class", "adapt_steps", "oracle_steps", "adapt_seeds", "source_steps",
+    "continual_iterations", "continual_per_class", "continual_test_per_class", "continual_seeds",
 )
+# 19.7's sizes, per (world, size): (iterations a task, train and test images per class, seeds). The
+# offline world's tasks have 100 images per class (200 a task), so 150 batches of 128 are about 100
+# epochs of each task; the lite and real worlds run Split MNIST with 1,000 digits per class (the
+# published protocol, all ~6,000 and 2,000 iterations a task, is `make bench`'s).
+_CONTINUAL_SIZES: dict[tuple[str, str], tuple] = {
+    ("offline", "smoke"): (10, 8, 8, 1),
+    ("offline", "standard"): (150, 100, 30, 3),
+    ("offline", "full"): (300, 300, 100, 3),
+    ("lite", "smoke"): (10, 8, 8, 1),
+    ("lite", "standard"): (500, 1000, 200, 2),
+    ("lite", "full"): (2000, None, None, 3),
+    ("real", "smoke"): (10, 8, 8, 1),
+    ("real", "standard"): (500, 1000, 200, 2),
+    ("real", "full"): (2000, None, None, 3),
+}
 _SIZE_TABLE: dict[tuple[str, str], tuple] = {
     #                         image train test epochs batch seeds  cka scratch budget ft_batch ft_epochs ft_batches ft_large ft_draws shift shift_test adapt oracle a_seeds src_steps
     ("offline", "smoke"):    (64,     8,    8,    1,    64,    1,  256,    2,     2,      16,       2,        2,       16,       1,     4,     4,     4,     4,     2,     0),
@@ -138,6 +154,9 @@ class CourseConfig:
     - ``adapt_seeds``: seeds of 19.4's headline (the best method and the oracle per domain).
     - ``source_steps``: batches of training 19.4's source model on the labelled source digits
       (lite and real worlds; 0 in the offline world, whose source model is the course's own).
+    - ``continual_iterations``: batches of 19.7's training on each task; ``continual_per_class``
+      and ``continual_test_per_class``: images per class of each task (None: all of Split MNIST);
+      ``continual_seeds``: seeds of 19.7's headline.
     """
 
     profile: str
@@ -170,6 +189,10 @@ class CourseConfig:
     oracle_steps: int
     adapt_seeds: int
     source_steps: int
+    continual_iterations: int
+    continual_per_class: int | None
+    continual_test_per_class: int | None
+    continual_seeds: int
 
     @property
     def offline(self) -> bool:
@@ -191,7 +214,7 @@ def size_settings(world: str, size: str) -> dict:
         raise ValueError(f"Unknown world {world!r}: use one of {', '.join(WORLDS)}.")
     if size not in SIZES:
         raise ValueError(f"Unknown size {size!r}: use one of {', '.join(SIZES)}.")
-    return dict(zip(_SIZE_FIELDS, _SIZE_TABLE[world, size]))
+    return dict(zip(_SIZE_FIELDS, _SIZE_TABLE[world, size] + _CONTINUAL_SIZES[world, size]))
 
 
 def choose_profile(requested: str | None = None) -> tuple[str, str]:

@@ -213,8 +213,8 @@ def train_sequence(
     model = model_factory(scenario_.num_outputs(len(tasks)))
     check_module(model, "train_sequence", "model_factory must return a torch.nn.Module.")
     model = model.to(device)
-    if name == "ncm":
-        model = _ncm_model(model, tasks, scenario_, device)
+    if name == "ncm":  # the backbone never changes, so each image's features are computed once
+        model, tasks = _ncm_on_features(model, tasks, scenario_, device)
     R = np.full((len(tasks), len(tasks)), np.nan)
     for i, task in enumerate(tasks):
         if name == "ncm":
@@ -236,21 +236,20 @@ def _training_data(tasks: Sequence[ContinualTask], i: int, cumulative: bool) -> 
     return torch.cat([t.train_inputs for t in chosen]), torch.cat([t.train_labels for t in chosen])
 
 
-def _ncm_model(backbone: nn.Module, tasks: Sequence[ContinualTask], scenario: Scenario,
-               device: torch.device) -> nn.Sequential:
-    """The frozen backbone followed by an empty nearest-class-mean head with the scenario's outputs."""
+def _ncm_on_features(backbone: nn.Module, tasks: Sequence[ContinualTask], scenario: Scenario,
+                     device: torch.device) -> tuple[NearestClassMeanHead, list[ContinualTask]]:
+    """An empty nearest-class-mean head, and the tasks with the frozen backbone's features as their inputs."""
     backbone.requires_grad_(False)
-    feature_dim = _features(backbone, tasks[0].train_inputs[:1].to(device)).shape[1]
-    head = NearestClassMeanHead(feature_dim, scenario.num_outputs(len(tasks))).to(device)
-    return nn.Sequential(backbone, head)
+    featured = [dataclasses.replace(task, train_inputs=_features(backbone, task.train_inputs.to(device)),
+                                    test_inputs=_features(backbone, task.test_inputs.to(device))) for task in tasks]
+    head = NearestClassMeanHead(featured[0].train_inputs.shape[1], scenario.num_outputs(len(tasks))).to(device)
+    return head, featured
 
 
-def _update_ncm(model: nn.Sequential, task: ContinualTask, scenario: Scenario, device: torch.device) -> None:
+def _update_ncm(head: NearestClassMeanHead, task: ContinualTask, scenario: Scenario, device: torch.device) -> None:
     """Add a task's training features to the class means (domain-incremental: one mean per within-task class)."""
-    backbone, head = model
     labels = task.train_labels.to(device)
-    head.update(_features(backbone, task.train_inputs.to(device)),
-                scenario.targets(labels) if scenario.name == "domain-incremental" else labels)
+    head.update(task.train_inputs, scenario.targets(labels) if scenario.name == "domain-incremental" else labels)
 
 
 # ---------------------------------------------------------------------------------------------

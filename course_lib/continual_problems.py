@@ -1,0 +1,147 @@
+"""19.7's problem in every world: the task sequences, the model every method trains, a frozen backbone.
+
+:func:`continual_problem` returns a :class:`ContinualProblem`, the same fields in every world, so
+that the chapter's notebook never asks which world it is in:
+
+- the **offline world**: the 10 target shapes as 5 tasks of 2 (studio), and all 10 through
+  studio, phone, sketch and night (:func:`course_lib.continual_data.world_tasks`, 64 px); every
+  method trains an MLP 3072-400-400 on the images average-pooled to 32 px; the frozen backbone is
+  the course's source model, pretrained on the 24 source shapes (none of the 10);
+- the **lite and real worlds**: Split MNIST from ``cfg.data_dir`` (5 tasks of 2 digits) and the
+  MLP 784-400-400 of the published comparisons; the domain-incremental sequence is Split MNIST
+  read domain-incrementally (odd or even digit?); the frozen backbone is the world's ImageNet
+  backbone, which sees each digit upsampled to ``cfg.image_size``, in three channels, normalised
+  its way (:class:`BackboneInputs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from course_lib.config import CourseConfig
+from course_lib.continual_data import MNIST_MEAN, MNIST_STD, ContinualTask, split_mnist, world_tasks
+from course_lib.continual_runs import PUBLISHED_CLASS_INCREMENTAL, split_mnist_mlp
+from course_lib.data import backbone_statistics
+from course_lib.freezing import FrozenBackbone
+from course_lib.models import load_backbone
+from course_lib.validation import check_positive_int
+from course_lib.world import TARGET_CLASSES
+
+__all__ = ["BackboneInputs", "ContinualProblem", "PooledMLP", "continual_problem"]
+
+_WORLD_IMAGE_SIZE = 64  # the course's source model's own resolution
+_MLP_POOL = 2  # the MLP sees the world's images at 32 px: 3,072 inputs, as many as CIFAR's
+
+
+class BackboneInputs(nn.Module):
+    """Images normalised with ``(mean_in, std_in)`` -> images as a pretrained backbone wants them (19.7).
+
+    Undoes the input normalisation, repeats a single channel three times, resizes to
+    ``image_size`` (bilinear) and normalises with the backbone's ``(mean_out, std_out)``: Split
+    MNIST's tensors, made for an MLP, can then go through an ImageNet backbone unchanged.
+    """
+
+    def __init__(self, mean_in: Sequence[float], std_in: Sequence[float], image_size: int,
+                 mean_out: Sequence[float], std_out: Sequence[float]):
+        super().__init__()
+        self.image_size = check_positive_int(image_size, "image_size")
+        for name, values in (("mean_in", mean_in), ("std_in", std_in), ("mean_out", mean_out), ("std_out", std_out)):
+            values = torch.tensor([float(v) for v in values])
+            if values.ndim != 1 or len(values) not in (1, 3) or not bool(torch.isfinite(values).all()):
+                raise ValueError(f"{name} must be 1 or 3 finite numbers (one per channel), got {values.tolist()}.")
+            self.register_buffer(name, values[None, :, None, None], persistent=False)
+        if bool((self.std_in <= 0).any()) or bool((self.std_out <= 0).any()):
+            raise ValueError("std_in and std_out must be positive.")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] not in (1, 3):
+            got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"BackboneInputs needs images shaped (N, 1 or 3, H, W), got {got}: keep Split MNIST's "
+                             "images unflattened (split_mnist(flatten=False)).")
+        pixels = images * self.std_in + self.mean_in
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        if pixels.shape[-2:] != (self.image_size, self.image_size):
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
+        return (pixels - self.mean_out) / self.std_out
+
+
+class PooledMLP(nn.Sequential):
+    """An average pool of ``pool`` x ``pool`` pixels, then :func:`~course_lib.continual_runs.split_mnist_mlp` (19.7)."""
+
+    def __init__(self, num_outputs: int, *, inputs: int, pool: int = 1, hidden: int = 400):
+        layers = [nn.AvgPool2d(check_positive_int(pool, "pool"))] if pool > 1 else []
+        super().__init__(*layers, *split_mnist_mlp(num_outputs, inputs=inputs, hidden=hidden))
+
+
+@dataclasses.dataclass(frozen=True)
+class ContinualProblem:
+    """What 19.7 trains on, in every world (:func:`continual_problem`).
+
+    ``class_split``: 5 tasks of 2 new classes, read in all three scenarios; ``domain_sequence``:
+    the same classes in every task, new images (world: new domains); ``model_factory(num_outputs)``:
+    a fresh MLP for the gradient-trained methods; ``backbone_factory(num_outputs)``: the frozen
+    pretrained feature extractor for the nearest-class-mean head; ``published``: the published
+    class-incremental accuracies of this benchmark, or None.
+    """
+
+    class_split: list[ContinualTask]
+    domain_sequence: list[ContinualTask]
+    model_factory: Callable[[int], nn.Module]
+    backbone_factory: Callable[[int], nn.Module]
+    class_names: list[str]
+    description: str
+    domain_description: str
+    backbone_description: str
+    published: dict[str, float] | None = None
+
+
+def continual_problem(cfg: CourseConfig) -> ContinualProblem:
+    """19.7's task sequences, model and frozen backbone for ``cfg``'s world, at its ``continual_*`` sizes."""
+    return _world_problem(cfg) if cfg.offline else _digits_problem(cfg)
+
+
+def _world_problem(cfg: CourseConfig) -> ContinualProblem:
+    sizes = dict(train_per_class=cfg.continual_per_class, test_per_class=cfg.continual_test_per_class,
+                 image_size=_WORLD_IMAGE_SIZE)
+    class_split = world_tasks("class-incremental", **sizes)
+    domain_sequence = world_tasks("domain-incremental", **sizes)
+    source_model = load_backbone(cfg.backbone)
+    inputs = 3 * (_WORLD_IMAGE_SIZE // _MLP_POOL) ** 2
+    return ContinualProblem(
+        class_split=class_split, domain_sequence=domain_sequence,
+        model_factory=lambda num_outputs: PooledMLP(num_outputs, inputs=inputs, pool=_MLP_POOL),
+        backbone_factory=lambda _num_outputs: FrozenBackbone(source_model),
+        class_names=list(TARGET_CLASSES),
+        description=(f"the course's world: the 10 target shapes as 5 tasks of 2 (studio), {cfg.continual_per_class} "
+                     f"training and {cfg.continual_test_per_class} test images per class; an MLP {inputs}-400-400 "
+                     f"on {_WORLD_IMAGE_SIZE // _MLP_POOL}-px images"),
+        domain_description="the 10 target shapes through studio, phone, sketch, then night",
+        backbone_description=f"the course's source model ({cfg.backbone}), pretrained on the 24 source shapes",
+    )
+
+
+def _digits_problem(cfg: CourseConfig) -> ContinualProblem:
+    per_task = [None if n is None else 2 * n for n in (cfg.continual_per_class, cfg.continual_test_per_class)]
+    class_split = split_mnist(cfg.data_dir, flatten=False, train_per_task=per_task[0], test_per_task=per_task[1])
+    backbone = load_backbone(cfg.backbone)
+    adapter = BackboneInputs((MNIST_MEAN,), (MNIST_STD,), cfg.image_size, *backbone_statistics(cfg.backbone))
+    return ContinualProblem(
+        class_split=class_split, domain_sequence=class_split,
+        model_factory=lambda num_outputs: PooledMLP(num_outputs, inputs=784),
+        backbone_factory=lambda _num_outputs: nn.Sequential(adapter, FrozenBackbone(backbone)),
+        class_names=[str(digit) for digit in range(10)],
+        description=(f"Split MNIST from {cfg.data_dir}: 5 tasks of 2 digits, "
+                     f"{'all' if per_task[0] is None else cfg.continual_per_class} training and "
+                     f"{'all' if per_task[1] is None else cfg.continual_test_per_class} test images per digit; "
+                     "the MLP 784-400-400"),
+        domain_description="Split MNIST read domain-incrementally: odd or even digit, whatever the task",
+        backbone_description=f"ImageNet {cfg.backbone}, digits upsampled to {cfg.image_size} px",
+        published=dict(PUBLISHED_CLASS_INCREMENTAL),
+    )

@@ -1,0 +1,127 @@
+"""19.7's problem in every world (course_lib.continual_problems): tasks, models and the frozen backbone."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+from standins import link_shared_mnist_usps
+from torch import nn
+
+import course_lib
+from course_lib.config import CourseConfig, size_settings
+from course_lib.continual_data import MNIST_MEAN, MNIST_STD
+from course_lib.continual_problems import BackboneInputs, PooledMLP, continual_problem
+from course_lib.continual_runs import PUBLISHED_CLASS_INCREMENTAL, train_sequence
+from course_lib.models import get_head, load_backbone
+
+_ENVIRONMENT = ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION", "COURSE_DEVICE", "COURSE_UNVERIFIED_FILES",
+                "COURSE_DATA_DIR")
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _ENVIRONMENT:
+            patch.delenv(name, raising=False)
+        cache = tmp_path_factory.mktemp("continual-cache")
+        patch.setenv("COURSE_CACHE_DIR", str(cache))
+        yield cache
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world_cfg(smoke_env) -> CourseConfig:
+    return course_lib.setup(profile="smoke", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def world(world_cfg):
+    return continual_problem(world_cfg)
+
+
+def test_the_worlds_problem_has_a_class_split_and_a_domain_sequence(world, world_cfg):
+    assert [task.classes for task in world.class_split] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert [task.name.split(": ")[1] for task in world.domain_sequence] == ["studio", "phone", "sketch", "night"]
+    assert all(task.classes == tuple(range(10)) for task in world.domain_sequence)
+    first = world.class_split[0]
+    assert len(first.train_labels) == 2 * world_cfg.continual_per_class
+    assert len(first.test_labels) == 2 * world_cfg.continual_test_per_class
+    assert first.train_inputs.shape[1:] == (3, 64, 64) and world.published is None
+    assert len(world.class_names) == 10
+
+
+def test_the_worlds_models_take_the_tasks_images(world, world_cfg):
+    images = world.class_split[0].train_inputs[:4]
+    mlp = world.model_factory(10)
+    assert mlp(images).shape == (4, 10)
+    assert sum(p.numel() for p in mlp.parameters()) == 3072 * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10
+    backbone = world.backbone_factory(10)
+    feature_dim = get_head(load_backbone(world_cfg.backbone)).in_features
+    assert backbone(images).shape == (4, feature_dim) and not any(p.requires_grad for p in backbone.parameters())
+    assert world.model_factory(10) is not mlp  # a fresh model every call
+
+
+def test_nearest_class_means_on_the_frozen_backbone_do_not_forget(world):
+    # The source model's features separate the target shapes; old means never move.
+    result = train_sequence(world.backbone_factory, world.class_split, "ncm", scenario="class-incremental")
+    diagonal = result.accuracy_matrix.diagonal()
+    assert result.accuracy_matrix[-1, 0] >= diagonal[0] - 0.15
+    assert result.average_accuracy > 0.5  # chance is 10%
+
+
+def test_the_sizes_are_in_every_row_of_the_size_table():
+    for world in ("offline", "lite", "real"):
+        for size in ("smoke", "standard", "full"):
+            sizes = size_settings(world, size)
+            assert sizes["continual_iterations"] >= 1 and sizes["continual_seeds"] >= 1
+    assert size_settings("offline", "standard")["continual_seeds"] >= 3
+
+
+def test_backbone_inputs_undo_one_normalisation_and_apply_another():
+    adapter = BackboneInputs((0.5,), (0.25,), 8, (0.0, 0.0, 0.0), (0.5, 0.5, 0.5))
+    images = torch.full((2, 1, 4, 4), 2.0)  # pixels 2 * 0.25 + 0.5 = 1.0
+    out = adapter(images)
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.allclose(out, torch.full_like(out, 2.0))  # (1.0 - 0) / 0.5
+
+
+def test_backbone_inputs_refuse_flattened_images_and_bad_statistics():
+    adapter = BackboneInputs((MNIST_MEAN,), (MNIST_STD,), 32, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="flatten=False"):
+        adapter(torch.zeros(2, 784))
+    with pytest.raises(ValueError, match="positive"):
+        BackboneInputs((0.0,), (0.0,), 32, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="1 or 3 finite numbers"):
+        BackboneInputs((0.0, 0.0), (1.0, 1.0), 32, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_the_pooled_mlp_pools_before_it_flattens():
+    model = PooledMLP(4, inputs=3 * 8 * 8, pool=2)
+    assert isinstance(model[0], nn.AvgPool2d)
+    assert model(torch.zeros(5, 3, 16, 16)).shape == (5, 4)
+    assert not isinstance(PooledMLP(4, inputs=784)[0], nn.AvgPool2d)
+
+
+@pytest.fixture(scope="module")
+def digits_cfg(smoke_env, tmp_path_factory) -> CourseConfig:
+    data = tmp_path_factory.mktemp("continual-data")
+    if not link_shared_mnist_usps(data):
+        pytest.skip("the genuine MNIST/USPS copy (../shared/data, or $COURSE_SHARED_DATA) is absent")
+    cfg = course_lib.setup(profile="lite", size="smoke", quiet=True)
+    return dataclasses.replace(cfg, data_dir=Path(data), cache_dir=smoke_env / "lite")
+
+
+def test_the_digits_problem_is_split_mnist_with_the_published_figures(digits_cfg):
+    problem = continual_problem(digits_cfg)
+    assert [task.classes for task in problem.class_split] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    assert problem.domain_sequence is problem.class_split
+    assert problem.published == PUBLISHED_CLASS_INCREMENTAL
+    images = problem.class_split[0].train_inputs[:3]
+    assert images.shape[1:] == (1, 28, 28) and len(problem.class_split[0].train_labels) == 16
+    assert problem.model_factory(10)(images).shape == (3, 10)
+    features = problem.backbone_factory(10)(images)
+    assert features.ndim == 2 and features.shape[0] == 3
