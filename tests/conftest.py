@@ -19,6 +19,42 @@ import pytest
 from standins import SHARED_DATA
 
 
+_COURSE_ENVIRONMENT = ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION", "COURSE_DEVICE",
+                       "COURSE_UNVERIFIED_FILES", "COURSE_DATA_DIR")
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    """A clean environment for setup() with its own cache folder (ShapeWorld and the source models cache
+    under COURSE_CACHE_DIR), yielded; the thread count that setup(size="smoke") lowers is restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        for name in _COURSE_ENVIRONMENT:
+            patch.delenv(name, raising=False)
+        cache = tmp_path_factory.mktemp("course-cache")
+        patch.setenv("COURSE_CACHE_DIR", str(cache))
+        yield cache
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lite_smoke_cfg(smoke_env, tmp_path_factory):
+    """The lite world's config at smoke size, reading the genuine MNIST/USPS through links in a folder of its
+    own, caching under ``smoke_env``; skipped, with the reason, where that copy is absent."""
+    import dataclasses
+
+    import course_lib
+    from standins import link_shared_mnist_usps
+
+    data = tmp_path_factory.mktemp("lite-data")
+    if not link_shared_mnist_usps(data):
+        pytest.skip("the genuine MNIST/USPS copy (../shared/data, or $COURSE_SHARED_DATA) is absent")
+    cfg = course_lib.setup(profile="lite", size="smoke", quiet=True)
+    return dataclasses.replace(cfg, data_dir=Path(data), cache_dir=smoke_env / "lite")
+
+
 # tryfirst: the marks must be in place before pytest selects tests with -m.
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
-from standins import link_shared_mnist_usps
 from torch import nn
 
 import course_lib
@@ -16,21 +13,6 @@ from course_lib.continual_data import MNIST_MEAN, MNIST_STD
 from course_lib.continual_problems import BackboneInputs, PooledMLP, continual_problem
 from course_lib.continual_runs import PUBLISHED_CLASS_INCREMENTAL, train_sequence
 from course_lib.models import get_head, load_backbone
-
-_ENVIRONMENT = ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION", "COURSE_DEVICE", "COURSE_UNVERIFIED_FILES",
-                "COURSE_DATA_DIR")
-
-
-@pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory):
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in _ENVIRONMENT:
-            patch.delenv(name, raising=False)
-        cache = tmp_path_factory.mktemp("continual-cache")
-        patch.setenv("COURSE_CACHE_DIR", str(cache))
-        yield cache
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -106,17 +88,8 @@ def test_the_pooled_mlp_pools_before_it_flattens():
     assert not isinstance(PooledMLP(4, inputs=784)[0], nn.AvgPool2d)
 
 
-@pytest.fixture(scope="module")
-def digits_cfg(smoke_env, tmp_path_factory) -> CourseConfig:
-    data = tmp_path_factory.mktemp("continual-data")
-    if not link_shared_mnist_usps(data):
-        pytest.skip("the genuine MNIST/USPS copy (../shared/data, or $COURSE_SHARED_DATA) is absent")
-    cfg = course_lib.setup(profile="lite", size="smoke", quiet=True)
-    return dataclasses.replace(cfg, data_dir=Path(data), cache_dir=smoke_env / "lite")
-
-
-def test_the_digits_problem_is_split_mnist_with_the_published_figures(digits_cfg):
-    problem = continual_problem(digits_cfg)
+def test_the_digits_problem_is_split_mnist_with_the_published_figures(lite_smoke_cfg):
+    problem = continual_problem(lite_smoke_cfg)
     assert [task.classes for task in problem.class_split] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
     assert problem.domain_sequence is problem.class_split
     assert problem.published == PUBLISHED_CLASS_INCREMENTAL

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from standins import link_shared_mnist_usps
 
 import course_lib
 from course_lib import shift_problems
@@ -28,23 +27,6 @@ from course_lib.shift_problems import (
     shift_problem,
 )
 from course_lib.world import SOURCE_CLASSES, WORLD_MEAN, WORLD_STD, get_domain, normalize
-
-_ENVIRONMENT = ("COURSE_PROFILE", "COURSE_SIZE", "NBGRADER_EXECUTION", "COURSE_DEVICE", "COURSE_UNVERIFIED_FILES",
-                "COURSE_DATA_DIR")
-
-
-@pytest.fixture(scope="module")
-def smoke_env(tmp_path_factory):
-    """A clean environment with its own cache folder (ShapeWorld caches its images under COURSE_CACHE_DIR);
-    the thread count that setup(size="smoke") lowers is restored afterwards."""
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        for name in _ENVIRONMENT:
-            patch.delenv(name, raising=False)
-        cache = tmp_path_factory.mktemp("shift-cache")
-        patch.setenv("COURSE_CACHE_DIR", str(cache))
-        yield cache
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +156,10 @@ def test_the_digits_model_needs_two_training_steps_before_anything_is_loaded(wor
 
 
 @pytest.fixture(scope="module")
-def digits_cfg(smoke_env, tmp_path_factory) -> CourseConfig:
-    """The lite world at smoke size, reading the genuine MNIST/USPS through links in a folder of its own."""
-    data = tmp_path_factory.mktemp("shift-data")
-    if not link_shared_mnist_usps(data):
-        pytest.skip("the genuine MNIST/USPS copy (../shared/data, or $COURSE_SHARED_DATA) is absent")
-    cfg = course_lib.setup(profile="lite", size="smoke", quiet=True)
+def digits_cfg(lite_smoke_cfg) -> CourseConfig:
+    cfg = lite_smoke_cfg
     assert (cfg.world, cfg.size, cfg.backbone, cfg.source_steps) == ("lite", "smoke", "efficientnet-lite0", 8)
-    return dataclasses.replace(cfg, data_dir=Path(data), cache_dir=smoke_env / "lite")
+    return cfg
 
 
 @pytest.fixture(scope="module")
