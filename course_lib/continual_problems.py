@@ -4,9 +4,13 @@
 that the chapter's notebook never asks which world it is in:
 
 - the **offline world**: the 10 target shapes as 5 tasks of 2 (studio), and all 10 through
-  studio, phone, sketch and night (:func:`course_lib.continual_data.world_tasks`, 64 px); every
-  method trains an MLP 3072-400-400 on the images average-pooled to 32 px; the frozen backbone is
-  the course's source model, pretrained on the 24 source shapes (none of the 10);
+  studio, phone, sketch and night (:func:`course_lib.continual_data.world_tasks`, 64 px), each
+  image given as the 128 features of the course's frozen source model (pretrained on the 24
+  source shapes, none of the 10): every method trains an MLP 128-400-400 on those features, and
+  the nearest-class-mean head reads them as they are. Continual learning on a pretrained
+  backbone is how it is mostly done today; it also keeps every run to seconds on a CPU, where a
+  network trained from pixels would need minutes per run to learn the shapes at all (an MLP on
+  the pixels reached 65% task-incremental and 19% joint domain-incremental);
 - the **lite and real worlds**: Split MNIST from ``cfg.data_dir`` (5 tasks of 2 digits) and the
   MLP 784-400-400 of the published comparisons; the domain-incremental sequence is Split MNIST
   read domain-incrementally (odd or even digit?); the frozen backbone is the world's ImageNet
@@ -32,10 +36,9 @@ from course_lib.models import load_backbone
 from course_lib.validation import check_positive_int
 from course_lib.world import TARGET_CLASSES
 
-__all__ = ["BackboneInputs", "ContinualProblem", "PooledMLP", "continual_problem"]
+__all__ = ["BackboneInputs", "ContinualProblem", "continual_problem"]
 
 _WORLD_IMAGE_SIZE = 64  # the course's source model's own resolution
-_MLP_POOL = 2  # the MLP sees the world's images at 32 px: 3,072 inputs, as many as CIFAR's
 
 
 class BackboneInputs(nn.Module):
@@ -72,14 +75,6 @@ class BackboneInputs(nn.Module):
         return (pixels - self.mean_out) / self.std_out
 
 
-class PooledMLP(nn.Sequential):
-    """An average pool of ``pool`` x ``pool`` pixels, then :func:`~course_lib.continual_runs.split_mnist_mlp` (19.7)."""
-
-    def __init__(self, num_outputs: int, *, inputs: int, pool: int = 1, hidden: int = 400):
-        layers = [nn.AvgPool2d(check_positive_int(pool, "pool"))] if pool > 1 else []
-        super().__init__(*layers, *split_mnist_mlp(num_outputs, inputs=inputs, hidden=hidden))
-
-
 @dataclasses.dataclass(frozen=True)
 class ContinualProblem:
     """What 19.7 trains on, in every world (:func:`continual_problem`).
@@ -87,8 +82,10 @@ class ContinualProblem:
     ``class_split``: 5 tasks of 2 new classes, read in all three scenarios; ``domain_sequence``:
     the same classes in every task, new images (world: new domains); ``model_factory(num_outputs)``:
     a fresh MLP for the gradient-trained methods; ``backbone_factory(num_outputs)``: the frozen
-    pretrained feature extractor for the nearest-class-mean head; ``published``: the published
-    class-incremental accuracies of this benchmark, or None.
+    pretrained feature extractor the nearest-class-mean head reads the tasks' inputs through (in
+    the world the inputs are already its features, so it is the identity); ``inputs``: what a
+    task's inputs are; ``published``: the published class-incremental accuracies of this
+    benchmark, or None.
     """
 
     class_split: list[ContinualTask]
@@ -99,6 +96,7 @@ class ContinualProblem:
     description: str
     domain_description: str
     backbone_description: str
+    inputs: str
     published: dict[str, float] | None = None
 
 
@@ -110,21 +108,33 @@ def continual_problem(cfg: CourseConfig) -> ContinualProblem:
 def _world_problem(cfg: CourseConfig) -> ContinualProblem:
     sizes = dict(train_per_class=cfg.continual_per_class, test_per_class=cfg.continual_test_per_class,
                  image_size=_WORLD_IMAGE_SIZE)
-    class_split = world_tasks("class-incremental", **sizes)
-    domain_sequence = world_tasks("domain-incremental", **sizes)
-    source_model = load_backbone(cfg.backbone)
-    inputs = 3 * (_WORLD_IMAGE_SIZE // _MLP_POOL) ** 2
+    source_model = FrozenBackbone(load_backbone(cfg.backbone))
+    class_split = _as_features(source_model, world_tasks("class-incremental", **sizes))
+    domain_sequence = _as_features(source_model, world_tasks("domain-incremental", **sizes))
+    width = class_split[0].train_inputs.shape[1]
     return ContinualProblem(
         class_split=class_split, domain_sequence=domain_sequence,
-        model_factory=lambda num_outputs: PooledMLP(num_outputs, inputs=inputs, pool=_MLP_POOL),
-        backbone_factory=lambda _num_outputs: FrozenBackbone(source_model),
+        model_factory=lambda num_outputs: split_mnist_mlp(num_outputs, inputs=width),
+        backbone_factory=lambda _num_outputs: nn.Identity(),
         class_names=list(TARGET_CLASSES),
         description=(f"the course's world: the 10 target shapes as 5 tasks of 2 (studio), {cfg.continual_per_class} "
-                     f"training and {cfg.continual_test_per_class} test images per class; an MLP {inputs}-400-400 "
-                     f"on {_WORLD_IMAGE_SIZE // _MLP_POOL}-px images"),
+                     f"training and {cfg.continual_test_per_class} test images per class at {_WORLD_IMAGE_SIZE} px; "
+                     f"an MLP {width}-400-400 on the frozen source model's features"),
         domain_description="the 10 target shapes through studio, phone, sketch, then night",
         backbone_description=f"the course's source model ({cfg.backbone}), pretrained on the 24 source shapes",
+        inputs=f"the {width} features of the frozen source model",
     )
+
+
+@torch.no_grad()
+def _as_features(backbone: nn.Module, tasks: list[ContinualTask], batch_size: int = 500) -> list[ContinualTask]:
+    """The tasks with each image replaced by the frozen ``backbone``'s features (computed once, here)."""
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([backbone(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    backbone.eval()
+    return [dataclasses.replace(task, train_inputs=features(task.train_inputs), test_inputs=features(task.test_inputs))
+            for task in tasks]
 
 
 def _digits_problem(cfg: CourseConfig) -> ContinualProblem:
@@ -134,7 +144,7 @@ def _digits_problem(cfg: CourseConfig) -> ContinualProblem:
     adapter = BackboneInputs((MNIST_MEAN,), (MNIST_STD,), cfg.image_size, *backbone_statistics(cfg.backbone))
     return ContinualProblem(
         class_split=class_split, domain_sequence=class_split,
-        model_factory=lambda num_outputs: PooledMLP(num_outputs, inputs=784),
+        model_factory=lambda num_outputs: split_mnist_mlp(num_outputs, inputs=784),
         backbone_factory=lambda _num_outputs: nn.Sequential(adapter, FrozenBackbone(backbone)),
         class_names=[str(digit) for digit in range(10)],
         description=(f"Split MNIST from {cfg.data_dir}: 5 tasks of 2 digits, "
@@ -143,5 +153,6 @@ def _digits_problem(cfg: CourseConfig) -> ContinualProblem:
                      "the MLP 784-400-400"),
         domain_description="Split MNIST read domain-incrementally: odd or even digit, whatever the task",
         backbone_description=f"ImageNet {cfg.backbone}, digits upsampled to {cfg.image_size} px",
+        inputs="the 28 x 28 pixels of each digit",
         published=dict(PUBLISHED_CLASS_INCREMENTAL),
     )

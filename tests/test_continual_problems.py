@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import course_lib
 from course_lib.config import CourseConfig, size_settings
-from course_lib.continual_data import MNIST_MEAN, MNIST_STD
-from course_lib.continual_problems import BackboneInputs, PooledMLP, continual_problem
+from course_lib.continual_data import MNIST_MEAN, MNIST_STD, world_tasks
+from course_lib.continual_problems import BackboneInputs, continual_problem
 from course_lib.continual_runs import PUBLISHED_CLASS_INCREMENTAL, train_sequence
-from course_lib.models import get_head, load_backbone
+from course_lib.models import get_head, load_backbone, remove_head
 
 
 @pytest.fixture(scope="module")
@@ -32,18 +31,24 @@ def test_the_worlds_problem_has_a_class_split_and_a_domain_sequence(world, world
     first = world.class_split[0]
     assert len(first.train_labels) == 2 * world_cfg.continual_per_class
     assert len(first.test_labels) == 2 * world_cfg.continual_test_per_class
-    assert first.train_inputs.shape[1:] == (3, 64, 64) and world.published is None
-    assert len(world.class_names) == 10
+    assert world.published is None and len(world.class_names) == 10
 
 
-def test_the_worlds_models_take_the_tasks_images(world, world_cfg):
-    images = world.class_split[0].train_inputs[:4]
+def test_the_worlds_tasks_hold_the_frozen_source_models_features(world, world_cfg):
+    source_model = load_backbone(world_cfg.backbone).eval()
+    feature_dim = get_head(source_model).in_features
+    first = world.class_split[0]
+    assert first.train_inputs.shape[1:] == (feature_dim,) and str(feature_dim) in world.inputs
+    # The same numbers as the source model's own penultimate layer on the task's images.
+    images = world_tasks("class-incremental", train_per_class=world_cfg.continual_per_class,
+                         test_per_class=world_cfg.continual_test_per_class, image_size=64)[0].train_inputs[:4]
+    with torch.no_grad():
+        expected = remove_head(source_model)(images).flatten(1)
+    assert torch.allclose(first.train_inputs[:4], expected, atol=1e-5)
     mlp = world.model_factory(10)
-    assert mlp(images).shape == (4, 10)
-    assert sum(p.numel() for p in mlp.parameters()) == 3072 * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10
-    backbone = world.backbone_factory(10)
-    feature_dim = get_head(load_backbone(world_cfg.backbone)).in_features
-    assert backbone(images).shape == (4, feature_dim) and not any(p.requires_grad for p in backbone.parameters())
+    assert mlp(first.train_inputs[:4]).shape == (4, 10)
+    assert sum(p.numel() for p in mlp.parameters()) == feature_dim * 400 + 400 + 400 * 400 + 400 + 400 * 10 + 10
+    assert torch.equal(world.backbone_factory(10)(first.train_inputs[:4]), first.train_inputs[:4])
     assert world.model_factory(10) is not mlp  # a fresh model every call
 
 
@@ -81,13 +86,6 @@ def test_backbone_inputs_refuse_flattened_images_and_bad_statistics():
         BackboneInputs((0.0, 0.0), (1.0, 1.0), 32, (0.5,) * 3, (0.5,) * 3)
 
 
-def test_the_pooled_mlp_pools_before_it_flattens():
-    model = PooledMLP(4, inputs=3 * 8 * 8, pool=2)
-    assert isinstance(model[0], nn.AvgPool2d)
-    assert model(torch.zeros(5, 3, 16, 16)).shape == (5, 4)
-    assert not isinstance(PooledMLP(4, inputs=784)[0], nn.AvgPool2d)
-
-
 def test_the_digits_problem_is_split_mnist_with_the_published_figures(lite_smoke_cfg):
     problem = continual_problem(lite_smoke_cfg)
     assert [task.classes for task in problem.class_split] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
@@ -95,6 +93,6 @@ def test_the_digits_problem_is_split_mnist_with_the_published_figures(lite_smoke
     assert problem.published == PUBLISHED_CLASS_INCREMENTAL
     images = problem.class_split[0].train_inputs[:3]
     assert images.shape[1:] == (1, 28, 28) and len(problem.class_split[0].train_labels) == 16
-    assert problem.model_factory(10)(images).shape == (3, 10)
+    assert problem.model_factory(10)(images).shape == (3, 10) and "pixels" in problem.inputs
     features = problem.backbone_factory(10)(images)
     assert features.ndim == 2 and features.shape[0] == 3
