@@ -196,6 +196,8 @@ LIBRARY_VERSIONS = {
     ("19_4_domain_adaptation", "ex2_coral"): ("course_lib.adaptation", "coral_loss", "source, target"),
     # The library's adabn is decorated (@torch.no_grad()): forbidding it must reach the function it wraps.
     ("19_4_domain_adaptation", "ex3_adabn"): ("course_lib.adaptation", "adabn", "model, [images]"),
+    ("19_7_continual_learning", "ex2_distillation_loss"): ("course_lib.continual", "lwf_loss",
+                                                          "new_logits, old_logits, temperature"),
 }
 
 

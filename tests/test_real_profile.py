@@ -89,6 +89,9 @@ def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     shift_chapter = "shift_problem(cfg)" in path.read_text()  # 19.4: MNIST -> USPS, not CIFAR-10
     if shift_chapter and not files.has_mnist_usps:
         pytest.skip("19.4's real world is MNIST -> USPS, and the genuine copy (../shared/data) is absent")
+    continual_chapter = "continual_problem(cfg)" in path.read_text()  # 19.7: Split MNIST
+    if continual_chapter and not files.has_mnist_usps:
+        pytest.skip("19.7's real world is Split MNIST, and the genuine copy (../shared/data) is absent")
     features_before = set((files.cache_dir / "features").glob("*.pt"))
     run = run_chapter(path)
     print(f"{path.name}: {run.seconds:.1f} s in the real world at smoke size")
@@ -102,6 +105,8 @@ def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     # The data came from the stand-in files and the backbone is the stand-in checkpoint.
     if shift_chapter:
         assert f"source MNIST from {files.data_dir}" in stdout and f"USPS test split from {files.data_dir}" in stdout
+    elif continual_chapter:
+        assert f"Split MNIST from {files.data_dir}" in stdout
     else:
         assert f"cifar10 from {files.data_dir}" in stdout
         assert f"using {files.data_dir / 'cifar-10-batches-py'}" in stderr

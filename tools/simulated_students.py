@@ -168,6 +168,11 @@ while _caller is not None:
     _caller = _caller.f_back
 _spied = sys.__dict__.setdefault("_course_spied_stacks", set())
 _seen = []
+def _shown(value):  # an object whose repr fails (or calls a forbidden function) is skipped
+    try:
+        return repr(value)[:300]
+    except Exception as _error:
+        return "<repr failed: " + type(_error).__name__ + ">"
 if tuple(_stack) not in _spied:
     _spied.add(tuple(_stack))
     for _frame in inspect.stack()[1:]:
@@ -175,7 +180,7 @@ if tuple(_stack) not in _spied:
             _seen.append(inspect.getsource(_frame.frame))
         except Exception:
             pass
-        _seen.append(repr({{k: repr(v)[:300] for k, v in _frame.frame.f_locals.items()}}))
+        _seen.append(repr({{k: _shown(v) for k, v in _frame.frame.f_locals.items()}}))
     import json as _json
     for _path in {[str(p) for p in instructor_paths]!r}:
         try:
