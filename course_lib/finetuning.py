@@ -28,7 +28,7 @@ from course_lib.callbacks import Callback, TrainerState
 from course_lib.freezing import FreezeBatchNorm, freeze, unfreeze
 from course_lib.history import History
 from course_lib.models import get_head, layer_groups
-from course_lib.training import fit
+from course_lib.training import Step, fit
 from course_lib.validation import check_module, check_positive_int, check_positive_number, is_int
 
 __all__ = ["BATCHNORM", "OPTIMIZERS", "PRETRAINING_RATES", "SCHEDULES", "STRATEGIES", "GradualUnfreezing", "fine_tune", "layerwise_lr_groups",
@@ -216,6 +216,7 @@ def fine_tune(
     optimizer: str = "sgd",
     momentum: float = 0.9,
     schedule: str | None = None,
+    step: Step | None = None,
     callbacks: Sequence[Callback] = (),
     progress: bool = False,
 ) -> History:
@@ -241,8 +242,10 @@ def fine_tune(
     because on a different-looking target that alone changes the accuracy).
     ``schedule="one-cycle"`` warms every rate up and anneals it to zero over the run
     (:class:`torch.optim.lr_scheduler.OneCycleLR`, the source model's schedule); None keeps the
-    rates constant. Returns the :class:`~course_lib.history.History`; for LP-FT both stages are
-    in one history, epochs numbered on from the probe's.
+    rates constant. ``step`` is what a batch computes (:mod:`course_lib.steps`; default the
+    cross-entropy): 19.7 passes one that adds a pull toward the pretrained model (an EWC or LwF
+    anchor). Returns the :class:`~course_lib.history.History`; for LP-FT both stages are in one
+    history, epochs numbered on from the probe's.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"Unknown strategy {strategy!r}: choose one of {', '.join(map(repr, STRATEGIES))}.")
@@ -265,7 +268,7 @@ def fine_tune(
     def train(epochs: int, optimizer: torch.optim.Optimizer, more: Sequence[Callback] = ()) -> History:
         scheduler = _one_cycle(optimizer, epochs, train_loader) if schedule == "one-cycle" else None
         # `more` first: gradual unfreezing decides what is frozen before BatchNorm is told to keep it.
-        return fit(model, train_loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+        return fit(model, train_loader, epochs=epochs, optimizer=optimizer, scheduler=scheduler, step=step,
                    callbacks=[*more, *statistics, *callbacks], progress=progress)
 
     if strategy == "linear probe":

@@ -19,6 +19,7 @@ from course_lib.freezing import batchnorm_statistics, freeze
 from course_lib.history import History
 from course_lib.model_checks import check_param_groups_cover
 from course_lib.models import layer_groups, remove_head
+from course_lib.steps import StepOutput
 from course_lib.training import fit
 
 from fine_tuning_toys import COURSE_GROUPS, bn_changed_layers, bn_unchanged, changed_groups, group_params, ids, images_loader, one_thread, snapshot, tiny_resnet, trainable_groups  # noqa: F401 (one_thread is an autouse fixture)
@@ -417,6 +418,33 @@ def test_full_starts_from_a_frozen_model_too():
     pretrained = copy.deepcopy(model)
     fine_tune(model, images_loader(), "full", epochs=1, lr=LR)
     assert moved(model, pretrained) == set(COURSE_GROUPS)
+
+
+def test_a_custom_step_computes_the_loss_in_every_strategy():
+    # 19.7's anchored fine-tuning: the step's loss is what is minimised, its metrics are logged.
+    seen = []
+
+    def step(model: nn.Module, batch) -> StepOutput:
+        images, labels = batch
+        seen.append(len(labels))
+        loss = nn.functional.cross_entropy(model(images), labels)
+        return StepOutput(loss, {"doubled": 2 * loss.item()}, len(labels))
+
+    for strategy in ("full", "LP-FT"):
+        seen.clear()
+        _, _, _, history = run(strategy, epochs=2, step=step)
+        assert seen and all(n > 0 for n in seen)
+        assert all(record["train_doubled"] == pytest.approx(2 * record["train_loss"]) for record in history)
+
+
+def test_a_step_that_only_pulls_back_keeps_the_weights():
+    # A loss of zero gradient everywhere (the model's output times zero): nothing moves.
+    def still(model: nn.Module, batch) -> StepOutput:
+        images, labels = batch
+        return StepOutput(model(images).sum() * 0.0, {}, len(labels))
+
+    model, pretrained, _, _ = run("full", epochs=1, step=still, batchnorm="keep all")
+    assert moved(model, pretrained) == set()
 
 
 def test_keep_all_keeps_statistics_in_full_fine_tuning():
