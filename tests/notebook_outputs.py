@@ -22,18 +22,35 @@ def _is_offline_branch(node: ast.AST) -> bool:
         and test.value.id == "cfg"
 
 
+def real_world_calls(source: str) -> list[ast.Call]:
+    """The calls in a cell that run in the real world: those outside ``if cfg.offline:`` blocks
+    (their ``else:`` branches count)."""
+    calls = []
+
+    def visit(node: ast.AST) -> None:
+        children = node.orelse if _is_offline_branch(node) else ast.iter_child_nodes(node)
+        if isinstance(node, ast.Call):
+            calls.append(node)
+        for child in children:
+            visit(child)
+
+    visit(ast.parse(source))
+    return calls
+
+
+def calls_in_real_world(source: str, function: str) -> bool:
+    """Whether a cell calls ``function`` (a plain name) outside ``if cfg.offline:`` blocks."""
+    return any(isinstance(call.func, ast.Name) and call.func.id == function
+               for call in real_world_calls(source))
+
+
 def draws_figure(source: str) -> bool:
     """Whether a cell draws a figure in the real world: it calls ``plots.*`` or ``plt.show()``
-    outside ``if cfg.offline:`` blocks (their ``else:`` branches count)."""
-    def visit(node: ast.AST) -> bool:
-        if _is_offline_branch(node):
-            return any(visit(child) for child in node.orelse)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name):
-            if node.func.value.id == "plots" or (node.func.value.id == "plt" and node.func.attr == "show"):
-                return True
-        return any(visit(child) for child in ast.iter_child_nodes(node))
-
-    return visit(ast.parse(source))
+    outside ``if cfg.offline:`` blocks."""
+    return any(isinstance(call.func, ast.Attribute) and isinstance(call.func.value, ast.Name)
+               and (call.func.value.id == "plots"
+                    or (call.func.value.id == "plt" and call.func.attr == "show"))
+               for call in real_world_calls(source))
 
 
 def stream_text(cell, stream: str) -> str:

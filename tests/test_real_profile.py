@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from notebook_outputs import draws_figure, run_chapter, stream_text
+from notebook_outputs import calls_in_real_world, draws_figure, run_chapter, stream_text
 from standins import link_shared_mnist_usps, write_cifar10, write_resnet18_checkpoint, write_svhn
 
 from course_lib import config
@@ -83,6 +83,14 @@ def test_draws_figure_skips_offline_only_plots():
     assert draws_figure("if cfg.offline:\n    pass\nelse:\n    plots.show_images(x)")
 
 
+def test_calls_in_real_world_skips_offline_only_calls():
+    assert calls_in_real_world("targets = near_and_far_targets(cfg)", "near_and_far_targets")
+    assert not calls_in_real_world("if cfg.offline:\n    t = near_and_far_targets(cfg)", "near_and_far_targets")
+    assert calls_in_real_world("if cfg.offline:\n    pass\nelse:\n    f(near_and_far_targets(cfg))",
+                               "near_and_far_targets")
+    assert not calls_in_real_world("# near_and_far_targets(cfg)\nx = 1", "near_and_far_targets")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.parent.name for path in NOTEBOOKS])
 def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     files = real_smoke_env
@@ -113,7 +121,7 @@ def test_chapter_runs_in_the_real_world_at_smoke_size(path, real_smoke_env):
     assert f"using {files.checkpoint}" in stderr
     fingerprints = set(re.findall(r"weights fingerprint ([0-9a-f]{16})", stdout))
     assert fingerprints <= {files.checkpoint_fingerprint}, "the backbone is not the stand-in ResNet-18"
-    if any("near_and_far_targets(cfg)" in cell.source for cell in code_cells):  # 19.3's far target is SVHN
+    if any(calls_in_real_world(cell.source, "near_and_far_targets") for cell in code_cells):  # 19.3: SVHN
         assert f"svhn from {files.data_dir}" in stdout and f"using {files.data_dir / 'svhn'}" in stderr
 
     # Nothing fell back to the offline world: no shape-world images were made, no offline task described.
