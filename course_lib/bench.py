@@ -11,7 +11,10 @@ Library-level figures, measured here:
    frozen features of Fashion-MNIST, with the 28-px images upsampled to 32 ... 224 px, and how
    fast each size is extracted (the lite profile's size, in the size table of :mod:`course_lib.config`,
    is a compromise between the two);
-5. Split MNIST, class-incremental (19.7): every continual-learning method with the usual protocol, its
+5. 19.2's from-scratch baseline in the lite world: EfficientNet-Lite0 and the course's small ResNet,
+   each trained from random weights with its pretraining recipe on Fashion-MNIST at the lite size,
+   their accuracy at two budgets and their time (why the lite world's baseline is the small ResNet);
+6. Split MNIST, class-incremental (19.7): every continual-learning method with the usual protocol, its
    accuracy next to the published one and its time next to the Avalanche library's.
 
 Chapter headlines, measured by the chapters themselves: every instructor notebook
@@ -41,13 +44,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from course_lib.config import size_settings
+from course_lib.config import size_settings, world_settings
 from course_lib.continual_runs import (AVALANCHE_SECONDS, PUBLISHED_CLASS_INCREMENTAL, bench_split_mnist,
                                        summary_table)
 from course_lib.data import backbone_statistics, imagenet_transform, subset_per_class
+from course_lib.experiments import scratch_accuracy
 from course_lib.feature_cache import FeatureCache
 from course_lib.features import extract_features, feature_loader
-from course_lib.finetuning import probe_head
+from course_lib.finetuning import pretraining_rate, probe_head
 from course_lib.freezing import FrozenBackbone
 from course_lib.models import feature_layer, load_backbone, replace_head
 from course_lib.real_datasets import load_real_dataset
@@ -149,6 +153,39 @@ def bench_resolution(train_per_class: int, test_per_class: int,
         with torch.no_grad():
             accuracy = (head(test_features).argmax(dim=1) == test_labels).float().mean().item()
         figures[size] = {"accuracy": accuracy, "images_per_s": (len(train) + len(test)) / seconds}
+    return figures
+
+
+SCRATCH_ARCHITECTURES = ("efficientnet-lite0", "course-resnet")
+
+
+def bench_scratch_architectures(train_per_class: int, test_per_class: int, budgets: Sequence[int],
+                                architectures: Sequence[str] = SCRATCH_ARCHITECTURES
+                                ) -> dict[str, dict[int, dict[str, float]]]:
+    """19.2's from-scratch baseline in the lite world, per architecture: ``{name: {epochs: figures}}``.
+
+    Each architecture is trained from random weights (seed 0) on ``train_per_class`` Fashion-MNIST
+    images per class, upsampled to the lite profile's size and normalised as for EfficientNet-Lite0
+    (the images 19.2's baseline gets), with the pretraining recipe at the architecture's own
+    pretraining rate, once per budget (a one-cycle run of each length). Figures: ``accuracy`` on
+    ``test_per_class`` held-out images per class and ``seconds`` of training on this machine.
+    """
+    size = size_settings("lite", "standard")["image_size"]
+    mean, std = backbone_statistics("efficientnet-lite0")
+    transform = imagenet_transform(size, mean=mean, std=std, crop=False)
+    train = subset_per_class(load_real_dataset("fashion-mnist", train=True, transform=transform),
+                             train_per_class, seed=0)
+    test = subset_per_class(load_real_dataset("fashion-mnist", train=False, transform=transform),
+                            test_per_class, seed=1)
+    figures: dict[str, dict[int, dict[str, float]]] = {}
+    for name in architectures:
+        lr, _ = pretraining_rate(name)
+        figures[name] = {}
+        for epochs in budgets:
+            started = time.perf_counter()
+            accuracy = scratch_accuracy(lambda: replace_head(load_backbone(name, pretrained=False), 10),
+                                        train, test, epochs=epochs, recipe="pretraining", lr=lr, seed=0)
+            figures[name][epochs] = {"accuracy": accuracy, "seconds": time.perf_counter() - started}
     return figures
 
 
@@ -260,7 +297,27 @@ def print_library_figures(quick: bool) -> None:
           f"{size_settings('lite', 'standard')['image_size']} px):")
     for size, result in bench_resolution(*resolution_images, sizes=resolutions).items():
         print(f"  {size:3d} px  accuracy {result['accuracy']:6.2%}  extraction {result['images_per_s']:7,.0f} images/s")
+    print_scratch_architectures(quick)
     print_split_mnist(quick)
+
+
+def print_scratch_architectures(quick: bool) -> None:
+    """Print :func:`bench_scratch_architectures` at 19.2's lite size (50 images per class, its budget
+    and twice it; a few images and epochs with ``quick``). Skipped, with the reason, without Fashion-MNIST."""
+    lite = size_settings("lite", "standard")
+    per_class, budgets = (2, (2, 4)) if quick else (lite["train_per_class"], (lite["scratch_budget"],
+                                                                              2 * lite["scratch_budget"]))
+    print(f"19.2's from-scratch baseline in the lite world (Fashion-MNIST, {per_class} images per class, "
+          f"{lite['image_size']} px, random weights, pretraining recipe, seed 0; the lite profile trains "
+          f"{world_settings('lite')['scratch_backbone']}):")
+    try:
+        figures = bench_scratch_architectures(per_class, 50 if not quick else 2, budgets)
+    except FileNotFoundError as error:
+        print(f"  skipped: {error}")
+        return
+    for name, runs in figures.items():
+        print(f"  {name:20s}" + "".join(f"  {epochs:3d} epochs {run['accuracy']:6.1%} in {run['seconds']:5.0f} s"
+                                        for epochs, run in runs.items()))
 
 
 def print_split_mnist(quick: bool) -> None:

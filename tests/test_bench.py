@@ -78,6 +78,9 @@ def test_quick_benchmark_prints_every_figure_and_every_chapter_headline(monkeypa
     assert re.search(r"lite world, input size \(Fashion-MNIST, 5 train / 5 test images per class[^\n]*\n"
                      r"   32 px  accuracy +\d+\.\d\d%  extraction +[\d,]+ images/s\n"
                      r"   48 px  accuracy +\d+\.\d\d%", out)
+    assert re.search(r"19\.2's from-scratch baseline in the lite world \(Fashion-MNIST, 2 images per class[^\n]*\n"
+                     r"  efficientnet-lite0 +2 epochs +\d+\.\d% in +\d+ s +4 epochs +\d+\.\d% in +\d+ s\n"
+                     r"  course-resnet +2 epochs", out), out
     # Split MNIST's comparison where MNIST is found (COURSE_DATA_DIR), else the reason it was skipped.
     assert re.search(r"Split MNIST, class-incremental, 20 iterations a task[^\n]*\n"
                      r"(  skipped: [^\n]*MNIST[^\n]*\n|method +accuracy[^\n]*\nnaive +\d+\.\d%)", out), out

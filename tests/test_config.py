@@ -92,17 +92,18 @@ def test_smoke_profile_uses_one_thread():
 # --- worlds and sizes ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("profile, world, size, dataset, backbone", [
-    ("smoke", "offline", "smoke", "shapeworld", "course-resnet"),
-    ("standard", "offline", "standard", "shapeworld", "course-resnet"),
-    ("lite", "lite", "standard", "fashion-mnist", "efficientnet-lite0"),
-    ("real", "real", "full", "cifar10", "resnet18"),
+@pytest.mark.parametrize("profile, world, size, dataset, backbone, scratch", [
+    ("smoke", "offline", "smoke", "shapeworld", "course-resnet", "course-resnet"),
+    ("standard", "offline", "standard", "shapeworld", "course-resnet", "course-resnet"),
+    # lite: EfficientNet-Lite0 from scratch is slower and weaker than the small ResNet
+    ("lite", "lite", "standard", "fashion-mnist", "efficientnet-lite0", "course-resnet"),
+    ("real", "real", "full", "cifar10", "resnet18", "resnet18"),
 ])
-def test_profiles_are_presets_of_a_world_and_a_size(profile, world, size, dataset, backbone):
+def test_profiles_are_presets_of_a_world_and_a_size(profile, world, size, dataset, backbone, scratch):
     cfg = config.setup(profile=profile, quiet=True)
     assert (cfg.profile, cfg.world, cfg.size) == (profile, world, size)
     assert cfg.offline == (world == "offline")
-    assert (cfg.dataset, cfg.backbone) == (dataset, backbone)
+    assert (cfg.dataset, cfg.backbone, cfg.scratch_backbone) == (dataset, backbone, scratch)
 
 
 def test_the_lite_world_upsamples_its_small_images_less_than_imagenet_size():
@@ -151,11 +152,14 @@ def test_unknown_size_names_the_valid_ones(monkeypatch, bad):
         config.setup(quiet=True)
     with pytest.raises(ValueError, match="Unknown world"):
         config.size_settings("online", "smoke")
+    with pytest.raises(ValueError, match="Unknown world 'online': use one of offline, lite, real"):
+        config.world_settings("online")
 
 
 def test_every_row_of_the_size_table_sets_every_size_field():
     size_fields = set(config._SIZE_FIELDS)
-    other_fields = {"profile", "profile_reason", "world", "size", "device", "seed", "data_dir", "cache_dir", "dataset", "backbone"}
+    other_fields = {"profile", "profile_reason", "world", "size", "device", "seed", "data_dir", "cache_dir", "dataset", "backbone",
+                    "scratch_backbone"}
     assert size_fields | other_fields == {field.name for field in dataclasses.fields(config.CourseConfig)}
     assert set(config._SIZE_TABLE) == {(world, size) for world in config.WORLDS for size in config.SIZES}
     for world in config.WORLDS:

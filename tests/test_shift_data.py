@@ -131,6 +131,7 @@ def _config(world: str, **changes) -> CourseConfig:
         data_dir=SHARED_DATA, cache_dir=Path("unused"),
         dataset={"offline": "shapeworld", "lite": "fashion-mnist"}.get(world, "mnist"),
         backbone={"offline": "course-resnet", "lite": "efficientnet-lite0"}.get(world, "resnet18"),
+        scratch_backbone="resnet18" if world == "real" else "course-resnet",
         **config.size_settings(world, "smoke"),
     )
     settings.update(image_size=32, train_per_class=3, test_per_class=2)
