@@ -19,7 +19,7 @@ help:
 	@echo "make chromium  install Chromium for the book's browser checks (Debian's package, as root)"
 	@echo "make fashion-mnist  install Fashion-MNIST for the lite profile (Debian's dataset-fashion-mnist, as root)"
 	@echo "make lab       JupyterLab on my-lessons/, your own copy of the lessons (updates arrive beside your work)"
-	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, 19.1-19.3 headlines (standard and lite)"
+	@echo "make bench     benchmarks: world speed, source-model accuracy, caching cost, lite input size and 19.2 scratch baselines, Split MNIST, every chapter's headlines (standard and lite)"
 	@echo "make pretrain  re-create the course's source model (writes to ./pretrained)"
 	@echo "make lessons   regenerate the student notebooks in lessons/ from solutions/"
 	@echo "make grade ASSIGNMENT=19_1_representations [DB_URL=postgresql://user@host/db] [WORKERS=n] [SANDBOX=no]   grade submitted/*/ASSIGNMENT in a sandbox, write feedback/ and grades.csv"

@@ -56,9 +56,9 @@ PROFILES: dict[str, tuple[str, str]] = {
 PROFILE_NAMES = tuple(PROFILES)
 
 # What data and backbone each world uses (lesson_data and load_backbone read these names), and
-# the architecture that 19.2 trains from random weights as its from-scratch baseline: the
-# backbone's own, except in the lite world. There EfficientNet-Lite0 trains from scratch about
-# three times slower than the course's small ResNet on a CPU, and on 500 Fashion-MNIST images at
+# the architecture that 19.2 and 19.3 train from random weights as their from-scratch baseline:
+# the backbone's own, except in the lite world. There EfficientNet-Lite0 trains from scratch about
+# five times slower than the course's small ResNet on a CPU, and on 500 Fashion-MNIST images at
 # 48 px it ends below it (`make bench` prints both), so the small ResNet is both the stronger
 # baseline and the one that fits a laptop's budget.
 _WORLD_SETTINGS: dict[str, dict[str, str]] = {
@@ -131,7 +131,7 @@ class CourseConfig:
     size)"`` when ``COURSE_SIZE`` changed its size), ``profile_reason``, ``world``, ``size``.
     What the world uses: ``dataset``, ``backbone``, ``data_dir`` (real datasets), ``cache_dir``,
     and ``scratch_backbone``: the architecture (a :func:`~course_lib.models.load_backbone` name)
-    of 19.2's from-scratch baseline, the backbone's own except in the lite world.
+    of 19.2's and 19.3's from-scratch baseline, the backbone's own except in the lite world.
 
     The sizes (one row of the size table):
 
@@ -218,7 +218,7 @@ class CourseConfig:
 
 
 def world_settings(world: str) -> dict[str, str]:
-    """What ``world`` uses: its ``dataset``, ``backbone`` and ``scratch_backbone`` (19.2's from-scratch baseline)."""
+    """What ``world`` uses: its ``dataset``, ``backbone`` and ``scratch_backbone`` (19.2's and 19.3's from-scratch baseline)."""
     if world not in WORLDS:
         raise ValueError(f"Unknown world {world!r}: use one of {', '.join(WORLDS)}.")
     return dict(_WORLD_SETTINGS[world])

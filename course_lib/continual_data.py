@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from course_lib.config import default_data_dir
-from course_lib.real_datasets import read_idx
+from course_lib.real_datasets import dataset_folder, read_idx
 from course_lib.validation import check_non_negative_int, check_positive_int
 from course_lib.world import ShapeWorld, normalize, task_sequence
 
@@ -157,10 +156,6 @@ class TensorBatches:
 # Split MNIST
 
 
-def _mnist_folder(root: str | Path | None) -> Path:
-    return (Path(root).expanduser() if root is not None else default_data_dir()) / "MNIST" / "raw"
-
-
 def _read_mnist(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """MNIST's images ``(N, 28, 28)`` uint8 and labels ``(N,)`` from the raw IDX files in ``folder``."""
     files = [folder / name for name in _MNIST_FILES[train]]
@@ -203,7 +198,7 @@ def split_mnist(root: str | Path | None = None, *, flatten: bool = True, train_p
     random subset of each task (None: all, about 12,000 and 2,000); ``seed`` fixes the subsets and
     the order of the examples, which is random either way.
     """
-    folder = _mnist_folder(root)
+    folder = dataset_folder("mnist", root)
     seed = check_non_negative_int(seed, "seed")
     limits = [None if n is None else check_positive_int(n, name) for n, name in
               ((train_per_task, "train_per_task"), (test_per_task, "test_per_task"))]

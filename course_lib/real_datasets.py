@@ -31,8 +31,8 @@ from torch.utils.data import Dataset
 
 from course_lib.config import allow_unverified, default_data_dir
 
-__all__ = ["DEBIAN_FASHION_MNIST", "FASHION_MNIST_CLASSES", "REAL_DATASETS", "IdxImages", "files_fingerprint",
-           "load_real_dataset", "read_idx", "RealDataset"]
+__all__ = ["DEBIAN_FASHION_MNIST", "FASHION_MNIST_CLASSES", "REAL_DATASETS", "IdxImages", "dataset_folder",
+           "files_fingerprint", "load_real_dataset", "read_idx", "RealDataset"]
 
 REAL_DATASETS = ("fashion-mnist", "mnist", "usps", "svhn", "cifar10", "cifar100", "omniglot")
 # Where `apt-get install dataset-fashion-mnist` puts the files (`dpkg -L dataset-fashion-mnist`).
@@ -46,8 +46,11 @@ _TORCHVISION_CLASSES = {
 }
 
 
-def _dataset_folder(name: str, root: Path) -> Path:
-    """The folder torchvision (or, for Fashion-MNIST, :class:`IdxImages`) reads ``name`` from, given the data folder ``root``."""
+def dataset_folder(name: str, root: str | Path | None = None) -> Path:
+    """The folder torchvision (or, for Fashion-MNIST, :class:`IdxImages`) reads ``name`` from, given the data
+    folder ``root`` (default :func:`course_lib.config.default_data_dir`): MNIST's is ``root/MNIST/raw``, which
+    19.7's Split MNIST reads too. Fashion-MNIST's is ``root/fashion-mnist`` if it exists, else Debian's folder."""
+    root = Path(root).expanduser() if root is not None else default_data_dir()
     if name == "fashion-mnist":
         in_root = root / "fashion-mnist"
         return in_root if in_root.is_dir() or not DEBIAN_FASHION_MNIST.is_dir() else DEBIAN_FASHION_MNIST
@@ -62,7 +65,7 @@ def _dataset_folder(name: str, root: Path) -> Path:
 
 
 def _expected_files(name: str, train: bool) -> list[str]:
-    """The files torchvision checks for in :func:`_dataset_folder` (names as torchvision spells them)."""
+    """The files torchvision checks for in :func:`dataset_folder` (names as torchvision spells them)."""
     if name == "fashion-mnist":
         split = "train" if train else "t10k"
         return [f"{split}-images-idx3-ubyte.gz", f"{split}-labels-idx1-ubyte.gz"]
@@ -82,7 +85,7 @@ def _expected_files(name: str, train: bool) -> list[str]:
 
 
 def _missing_data_message(name: str, root: Path, train: bool, problem: str) -> str:
-    folder = _dataset_folder(name, root)
+    folder = dataset_folder(name, root)
     files = ", ".join(_expected_files(name, train))
     split = "train" if train else "test"
     if name == "fashion-mnist":  # no download: Debian packages it
@@ -265,7 +268,7 @@ def load_real_dataset(
     if key not in REAL_DATASETS:
         raise ValueError(f"Unknown dataset {name!r}: use one of {', '.join(REAL_DATASETS)}.")
     root = Path(root).expanduser() if root is not None else default_data_dir()
-    folder = _dataset_folder(key, root)
+    folder = dataset_folder(key, root)
 
     missing = [f for f in _expected_files(key, train) if not (folder / f).exists()]
     if missing and (not download or key == "fashion-mnist"):  # the course downloads no Fashion-MNIST: Debian has it

@@ -74,7 +74,7 @@ def test_missing_files_raise_file_not_found_with_instructions(name, train, tmp_p
     with pytest.raises(FileNotFoundError) as info:
         load_real_dataset(name, root=tmp_path, train=train, download=False)
     message = str(info.value)
-    folder = real_datasets._dataset_folder(name, tmp_path)
+    folder = real_datasets.dataset_folder(name, tmp_path)
     assert str(folder) in message
     for filename in real_datasets._expected_files(name, train):
         assert filename in message
@@ -134,7 +134,7 @@ def test_stand_in_files_fail_the_checksums_unless_allowed_loudly(name, write, tm
     for _ in range(2):  # the warning names the folder every time, not just the first
         test = load_real_dataset(name, root=tmp_path, train=False)
         err = capsys.readouterr().err
-        assert "WARNING: COURSE_UNVERIFIED_FILES=1" in err and str(real_datasets._dataset_folder(name, tmp_path)) in err
+        assert "WARNING: COURSE_UNVERIFIED_FILES=1" in err and str(real_datasets.dataset_folder(name, tmp_path)) in err
     assert len(test) == 20 and torch.bincount(dataset_targets(test)).tolist() == [2] * 10
     assert type(test.dataset).__name__.startswith("Unverified")  # the repr says so too
     assert len(load_real_dataset(name, root=tmp_path, train=True)) == 30
